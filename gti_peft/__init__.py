@@ -1,0 +1,29 @@
+"""gti-peft: Grounded Token Initialization (GTI) of new vocabulary, as a PEFT method.
+
+Importing this package registers the method with PEFT (`get_peft_model(model, GTIConfig(...))`).
+"""
+
+from .config import INIT_METHODS, GTIConfig
+from .init import description_token_ids
+from .layer import NewTokenEmbedding, NewTokenLMHead
+from .model import GTIModel, new_token_parameters, new_token_rows
+from .peft_type import PEFT_TYPE_GTI
+from .registration import register
+from .tokens import add_new_tokens
+
+register()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INIT_METHODS",
+    "PEFT_TYPE_GTI",
+    "GTIConfig",
+    "GTIModel",
+    "NewTokenEmbedding",
+    "NewTokenLMHead",
+    "add_new_tokens",
+    "description_token_ids",
+    "new_token_parameters",
+    "new_token_rows",
+]

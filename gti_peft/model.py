@@ -1,0 +1,170 @@
+"""The GTI tuner: LoRA on the transformer plus new-token layers on the input embedding and LM head."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraModel
+from peft.utils import _get_submodules
+from torch import nn
+
+from .config import GTIConfig
+from .init import initial_bias, initial_rows
+from .layer import NewTokenEmbedding, NewTokenLMHead
+
+
+def _base(module: nn.Module | None) -> nn.Module | None:
+    return module.get_base_layer() if isinstance(module, (NewTokenEmbedding, NewTokenLMHead)) else module
+
+
+def _module_name(model: nn.Module, target: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    raise ValueError(f"Could not find the module {type(target).__name__} inside the model.")
+
+
+def _text_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
+    """Grow the base vocabulary so every new id has a row; return the number of rows before.
+
+    Rows added here start at the mean of the old rows (deterministic, so a reloaded adapter reproduces the
+    logits of every id); the new ids' rows are then replaced by the adapter's own rows.
+    """
+    embedding = _base(model.get_input_embeddings())
+    n_before = embedding.weight.shape[0]
+    ids = config.new_token_ids
+    if max(ids) < n_before:
+        return n_before
+    if isinstance(model.get_input_embeddings(), NewTokenEmbedding):
+        raise ValueError(
+            f"`new_token_ids` reaches id {max(ids)} but the model, which already carries a GTI adapter, has "
+            f"{n_before} embedding rows. Resize the base model (`resize_token_embeddings`) before adding adapters."
+        )
+    beyond = sum(i >= n_before for i in ids)
+    gap = max(ids) + 1 - n_before - beyond
+    if gap > max(64, len(ids)):
+        raise ValueError(
+            f"`new_token_ids` holds id {max(ids)}, {max(ids) + 1 - n_before} rows past the model's embedding size "
+            f"{n_before}, but only {beyond} new tokens lie past it: resizing would create {gap} rows for no token. "
+            "The ids probably come from another tokenizer: take them from this model's tokenizer after "
+            "`tokenizer.add_tokens(...)`, or resize the model first with `model.resize_token_embeddings(len(tokenizer))`."
+        )
+    head = _base(model.get_output_embeddings())
+    tied = head is not None and head.weight is embedding.weight
+    model.resize_token_embeddings(max(ids) + 1, pad_to_multiple_of=config.pad_to_multiple_of, mean_resizing=False)
+    with torch.no_grad():
+        layers = [_base(model.get_input_embeddings())]
+        if not tied and model.get_output_embeddings() is not None:
+            layers.append(_base(model.get_output_embeddings()))
+        for layer in layers:
+            layer.weight[n_before:] = layer.weight[:n_before].mean(dim=0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[n_before:] = layer.bias[:n_before].mean()
+    return n_before
+
+
+class GTIModel(LoraModel):
+    """LoRA plus `NewTokenEmbedding` / `NewTokenLMHead` for the ids in `GTIConfig.new_token_ids`.
+
+    Created by `peft.get_peft_model(model, GTIConfig(...))`; do not instantiate it directly.
+    """
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        config = self.peft_config[adapter_name]
+        self._check_embeddings_not_targeted(model, config)
+        n_before = resize_for_new_tokens(model, config)
+        super().inject_adapter(
+            model,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            state_dict=state_dict,
+        )
+        self._inject_new_token_layers(model, config, adapter_name, n_before)
+
+    def _check_embeddings_not_targeted(self, model: nn.Module, config: GTIConfig) -> None:
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if layer is None or isinstance(layer, (NewTokenEmbedding, NewTokenLMHead)):
+                continue
+            name = _module_name(model, layer)
+            if self._check_target_module_exists(config, name):
+                raise ValueError(
+                    f"`target_modules`={config.target_modules!r} matches the model's {name!r}: GTI trains the new "
+                    "rows of the embedding and LM head itself and keeps old rows frozen. Exclude that layer "
+                    "(e.g. with `exclude_modules` or an explicit list of projection names)."
+                )
+
+    def _inject_new_token_layers(self, model: nn.Module, config: GTIConfig, adapter_name: str, n_before: int):
+        ids = config.new_token_ids
+        new = set(ids)
+        old_ids = torch.tensor([i for i in range(n_before) if i not in new], dtype=torch.long)
+        text_config = _text_config(model)
+        std = getattr(text_config, "initializer_range", 0.02)
+        kwargs = {"description_ids": config.description_token_ids, "std": std}
+
+        embedding = model.get_input_embeddings()
+        if not isinstance(embedding, NewTokenEmbedding):
+            head_base = _base(model.get_output_embeddings())
+            tied = head_base is not None and head_base.weight is embedding.weight
+            embedding = self._replace(model, embedding, NewTokenEmbedding(embedding))
+            if head_base is not None:
+                self._replace(model, head_base, NewTokenLMHead(head_base, embedding if tied else None))
+        emb_rows = initial_rows(config.init, embedding.base_weight, old_ids, len(ids), seed=config.init_seed, **kwargs)
+        embedding.update_layer(adapter_name, ids, emb_rows)
+
+        head = model.get_output_embeddings()
+        if isinstance(head, NewTokenLMHead):
+            head_rows = None
+            if not head.is_tied:
+                head_rows = initial_rows(
+                    config.init, head.base_weight, old_ids, len(ids), seed=config.init_seed + 1, **kwargs
+                )
+            bias = getattr(head.get_base_layer(), "bias", None)
+            head_bias = initial_bias(bias, old_ids, len(ids)) if bias is not None else None
+            head.update_layer(adapter_name, ids, head_rows, head_bias)
+        for layer in (embedding, head):
+            if isinstance(layer, (NewTokenEmbedding, NewTokenLMHead)):
+                layer.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    @staticmethod
+    def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> nn.Module:
+        parent, _, name = _get_submodules(model, _module_name(model, old))
+        setattr(parent, name, new)
+        return new
+
+
+def new_token_rows(model: nn.Module, adapter_name: str | None = None):
+    """Return `(new_token_ids, input_rows, output_rows)` of a GTI model; `output_rows` is None when tied."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, NewTokenEmbedding):
+        raise ValueError("The model carries no GTI adapter: create one with `get_peft_model(model, GTIConfig(...))`.")
+    name = adapter_name or embedding.active_adapters[0]
+    ids = embedding.gti_token_ids[name].tolist()
+    head = model.get_output_embeddings()
+    output_rows = None
+    if isinstance(head, NewTokenLMHead) and not head.is_tied:
+        output_rows = head.new_rows(name).detach()
+    return ids, embedding.gti_rows[name].detach(), output_rows
+
+
+def new_token_parameters(model: nn.Module, adapter_name: str | None = None) -> list[nn.Parameter]:
+    """The trainable new-token parameters (rows and, where the head has a bias, bias entries)."""
+    params = []
+    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if isinstance(layer, (NewTokenEmbedding, NewTokenLMHead)):
+            name = adapter_name or layer.active_adapters[0]
+            for container in (layer.gti_rows, layer.gti_bias):
+                if name in container:
+                    params.append(container[name])
+    return params
