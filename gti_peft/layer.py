@@ -137,7 +137,11 @@ class NewTokenLMHead(NewTokenLayer):
         return self.tied_embedding is not None
 
     def update_layer(
-        self, adapter_name: str, token_ids: list[int], init_rows: torch.Tensor | None, init_bias: torch.Tensor | None
+        self,
+        adapter_name: str,
+        token_ids: list[int],
+        init_rows: torch.Tensor | None,
+        init_bias: torch.Tensor | None,
     ) -> None:
         self._register_ids(adapter_name, token_ids)
         dtype = _rows_dtype(self.base_weight)
