@@ -163,7 +163,7 @@ class NewTokenLMHead(NewTokenLayer):
         logits = self.base_layer(hidden_states, *args, **kwargs)
         for name in self._active():
             rows = self.new_rows(name)
-            bias = self.gti_bias[name] if name in self.gti_bias else None
+            bias = self.gti_bias.get(name)
             new_logits = F.linear(hidden_states.to(rows.dtype), rows, bias)
             # in place: the base matmul does not keep its output for backward
             logits.index_copy_(-1, self.gti_token_ids[name], new_logits.to(logits.dtype))

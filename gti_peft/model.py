@@ -51,7 +51,8 @@ def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
             f"`new_token_ids` holds id {max(ids)}, {max(ids) + 1 - n_before} rows past the model's embedding size "
             f"{n_before}, but only {beyond} new tokens lie past it: resizing would create {gap} rows for no token. "
             "The ids probably come from another tokenizer: take them from this model's tokenizer after "
-            "`tokenizer.add_tokens(...)`, or resize the model first with `model.resize_token_embeddings(len(tokenizer))`."
+            "`tokenizer.add_tokens(...)`, or resize the model first with "
+            "`model.resize_token_embeddings(len(tokenizer))`."
         )
     head = _base(model.get_output_embeddings())
     tied = head is not None and head.weight is embedding.weight
