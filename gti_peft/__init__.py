@@ -4,6 +4,7 @@ Importing this package registers the method with PEFT (`get_peft_model(model, GT
 """
 
 from .config import INIT_METHODS, GTIConfig
+from .grounding import GroundingReport, ground
 from .init import description_token_ids
 from .layer import NewTokenEmbedding, NewTokenLMHead
 from .model import GTIModel, new_token_parameters, new_token_rows
@@ -20,10 +21,12 @@ __all__ = [
     "PEFT_TYPE_GTI",
     "GTIConfig",
     "GTIModel",
+    "GroundingReport",
     "NewTokenEmbedding",
     "NewTokenLMHead",
     "add_new_tokens",
     "description_token_ids",
+    "ground",
     "new_token_parameters",
     "new_token_rows",
 ]

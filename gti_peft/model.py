@@ -95,6 +95,8 @@ class GTIModel(LoraModel):
         self._inject_new_token_layers(model, config, adapter_name, n_before)
 
     def _check_embeddings_not_targeted(self, model: nn.Module, config: GTIConfig) -> None:
+        if config.target_modules is None:  # PEFT's per-architecture defaults never name the embeddings
+            return
         for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
             if layer is None or isinstance(layer, (NewTokenEmbedding, NewTokenLMHead)):
                 continue

@@ -1,0 +1,245 @@
+"""The grounding stage: train ONLY the new rows on paired text <-> token data, with the LM (and LoRA) frozen."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import TrainingArguments
+
+from . import diagnostics
+from .layer import NewTokenEmbedding
+from .model import new_token_parameters, new_token_rows
+from .quantization import guard_cpu_4bit_training
+from .templates import DEFAULT_TEMPLATES, GroundingTemplate, encode_prompt_answer, render_examples
+from .training import AnswerOnlyTrainer, answer_collator, answer_loss
+
+TEXT_FIELDS = ("text", "title", "description")
+# Defaults chosen from benchmarks/grounding_curves.py on SmolLM2-135M + MovieLens (see README "Results").
+GROUNDING_DEFAULTS = {
+    "max_steps": 300,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 10,
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+    "remove_unused_columns": False,
+    "seed": 0,
+}
+
+
+@dataclass
+class GroundingReport:
+    """What grounding did: losses per step and per template, time, and the rows' geometry before and after."""
+
+    steps: int
+    examples: int
+    examples_per_template: dict[str, int]
+    loss_history: list[tuple[int, float]]
+    template_loss_before: dict[str, float]
+    template_loss_after: dict[str, float]
+    diagnostics_before: dict
+    diagnostics_after: dict
+    train_seconds: float
+    seconds_per_step: float
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def _as_dicts(pairs) -> list[dict]:
+    if isinstance(pairs, Dataset):
+        return [dict(row) for row in pairs]
+    if isinstance(pairs, dict) or not hasattr(pairs, "__iter__"):
+        raise ValueError(f"`pairs` must be a list of dicts or a datasets.Dataset, got {type(pairs).__name__}.")
+    return [dict(p) for p in pairs]
+
+
+def validate_pairs(pairs: list[dict], tokenizer, new_ids: set[int], templates) -> None:
+    """Fail before any training on pairs that cannot ground anything."""
+    if not pairs:
+        raise ValueError("`pairs` is empty: give at least one {'tokens': ..., 'title'/'description'/'text': ...}.")
+    for index, pair in enumerate(pairs):
+        tokens = pair.get("tokens")
+        if not isinstance(tokens, str) or not tokens.strip():
+            raise ValueError(f"pairs[{index}] has no 'tokens' string (got {tokens!r}); e.g. '<a_3><b_1><c_7>'.")
+        ids = tokenizer(tokens, add_special_tokens=False)["input_ids"]
+        not_new = [i for i in ids if i not in new_ids]
+        if not_new or not ids:
+            pieces = tokenizer.convert_ids_to_tokens(not_new[:5])
+            raise ValueError(
+                f"pairs[{index}]['tokens']={tokens!r} contains {pieces} which are not new tokens of this adapter: "
+                "'tokens' must consist of tokens listed in GTIConfig.new_token_ids (added with add_new_tokens)."
+            )
+        if not any(isinstance(pair.get(f), str) and pair[f].strip() for f in TEXT_FIELDS):
+            raise ValueError(
+                f"pairs[{index}] (tokens {tokens!r}) has no non-empty text field: give 'text', or 'title' and/or "
+                "'description'."
+            )
+    for template in templates:
+        missing = [f for f in template.fields - {"tokens"} if not any(p.get(f) for p in pairs)]
+        if missing:
+            raise ValueError(
+                f"template {template.name!r} uses field(s) {missing} that no pair has: add them to the pairs or "
+                "drop the template."
+            )
+
+
+@contextlib.contextmanager
+def only_new_rows_trainable(model):
+    """Freeze everything but the new rows; restore every parameter's requires_grad afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    rows = {id(p) for p in new_token_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad = id(p) in rows
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad = flags[name]
+
+
+class GroundingTrainer(AnswerOnlyTrainer):
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # PEFT's load_adapter(is_trainable=True) marks LoRA trainable again: grounding keeps it frozen
+        flags = {id(p): p.requires_grad for p in self.model.parameters()}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for p in self.model.parameters():
+            p.requires_grad = flags[id(p)]
+
+
+@torch.no_grad()
+def template_losses(model, dataset: Dataset, collator, per_template: int = 32, batch_size: int = 16):
+    """Mean answer loss of up to `per_template` examples of each template (a fixed, deterministic subset)."""
+    was_training = model.training
+    model.eval()
+    by_template = defaultdict(list)
+    for index, name in enumerate(dataset["template"]):
+        if len(by_template[name]) < per_template:
+            by_template[name].append(index)
+    device = next(p.device for p in model.parameters())
+    losses = {}
+    for name, indices in by_template.items():
+        total, count = 0.0, 0
+        for start in range(0, len(indices), batch_size):
+            rows = dataset.select(indices[start : start + batch_size]).remove_columns(["template"])
+            batch = {k: v.to(device) for k, v in collator(list(rows)).items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(answer_loss(model, batch)) * n
+            count += n
+        losses[name] = total / max(count, 1)
+    model.train(was_training)
+    return losses
+
+
+def _geometry(model, reference) -> dict:
+    _, rows, _ = new_token_rows(model)
+    old = model.get_input_embeddings().base_weight.detach()
+    return diagnostics.summarize(rows.float().cpu(), old.float().cpu(), reference=reference)
+
+
+def ground(
+    model,
+    tokenizer,
+    pairs,
+    templates: tuple[GroundingTemplate, ...] | None = None,
+    *,
+    max_length: int = 256,
+    reference=None,
+    report_path: str | Path | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    eval_examples_per_template: int = 32,
+    **training_options,
+) -> GroundingReport:
+    """Ground the new rows of a GTI `model` on `pairs` and return a `GroundingReport`.
+
+    `pairs`: dicts (or a `datasets.Dataset`) with a `"tokens"` string of new tokens and text fields (`"text"`, or
+    `"title"` / `"description"`). Every template whose fields a pair has is used (both directions).
+    `training_options` go to `transformers.TrainingArguments` (defaults: `GROUNDING_DEFAULTS`, e.g. lr 1e-3,
+    no weight decay); pass `output_dir` + `save_steps` for checkpoints and `resume_from_checkpoint` to resume.
+    `reference`: optional vectors (one per new token, e.g. codebook vectors) for the RSA diagnostic.
+    """
+    if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):
+        raise ValueError("`model` carries no GTI adapter: create it with `get_peft_model(model, GTIConfig(...))`.")
+    templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
+    pairs = _as_dicts(pairs)
+    new_ids = set(new_token_rows(model)[0])
+    validate_pairs(pairs, tokenizer, new_ids, [t for t in templates if t not in DEFAULT_TEMPLATES])
+    options = {**GROUNDING_DEFAULTS, **training_options}
+    options.setdefault("output_dir", tempfile.mkdtemp(prefix="gti-grounding-"))
+    args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
+
+    rendered = render_examples(pairs, templates)
+    if not rendered:
+        raise ValueError("No template applies to the pairs: check their fields against the templates' fields.")
+    encoded = [
+        {**encode_prompt_answer(tokenizer, ex["prompt"], ex["answer"], max_length), "template": ex["template"]}
+        for ex in rendered
+    ]
+    dataset = Dataset.from_list(encoded)
+    collator = answer_collator(tokenizer)
+    guard_cpu_4bit_training(model)
+
+    before = template_losses(model, dataset, collator, eval_examples_per_template)
+    geometry_before = _geometry(model, reference)
+    with only_new_rows_trainable(model):
+        trainer = GroundingTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset.remove_columns(["template"]),
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        seconds = time.perf_counter() - start
+    after = template_losses(model, dataset, collator, eval_examples_per_template)
+    report = GroundingReport(
+        steps=result.global_step,
+        examples=len(dataset),
+        examples_per_template=dict(sorted(_count(dataset["template"]).items())),
+        loss_history=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        template_loss_before=before,
+        template_loss_after=after,
+        diagnostics_before=geometry_before,
+        diagnostics_after=_geometry(model, reference),
+        train_seconds=seconds,
+        seconds_per_step=seconds / max(result.global_step, 1),
+        settings={k: options[k] for k in sorted(options) if k != "output_dir"} | {"max_length": max_length},
+    )
+    config = model.peft_config[model.active_adapter]
+    config.grounding = {
+        "steps": report.steps,
+        "learning_rate": options["learning_rate"],
+        "batch_size": options["per_device_train_batch_size"],
+        "templates": sorted(report.examples_per_template),
+        "examples": report.examples,
+        "final_loss": report.loss_history[-1][1] if report.loss_history else None,
+    }
+    if report_path is not None and trainer.is_world_process_zero():
+        report.save(report_path)
+    return report
+
+
+def _count(names) -> dict[str, int]:
+    counts = defaultdict(int)
+    for name in names:
+        counts[name] += 1
+    return counts

@@ -1,0 +1,48 @@
+"""Generative recommendation: semantic IDs, sequence data, ranking metrics (and constrained decoding)."""
+
+from .data import (
+    RECOMMENDATION_PROMPT,
+    LeaveOneOutSplit,
+    SequenceExample,
+    UserHistories,
+    grounding_pairs,
+    item_texts,
+    leave_one_out,
+    load_interactions,
+    load_items,
+    load_movielens_100k,
+    popularity_ranking,
+    recommendation_messages,
+    training_examples,
+    user_histories,
+)
+from .metrics import evaluate_rankings, format_metrics_table, ndcg_at_k, recall_at_k, target_ranks
+from .semantic_ids import DEFAULT_ENCODER, SemanticIDs, embed_texts, residual_kmeans
+
+# decoding: trie, beam_search
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "RECOMMENDATION_PROMPT",
+    "LeaveOneOutSplit",
+    "SemanticIDs",
+    "SequenceExample",
+    "UserHistories",
+    "embed_texts",
+    "evaluate_rankings",
+    "format_metrics_table",
+    "grounding_pairs",
+    "item_texts",
+    "leave_one_out",
+    "load_interactions",
+    "load_items",
+    "load_movielens_100k",
+    "ndcg_at_k",
+    "popularity_ranking",
+    "recall_at_k",
+    "recommendation_messages",
+    "residual_kmeans",
+    "target_ranks",
+    "training_examples",
+    "user_histories",
+]

