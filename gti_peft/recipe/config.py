@@ -1,0 +1,220 @@
+"""The recipe's YAML, parsed into dataclasses: unknown keys, wrong types and contradictions fail at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import INIT_METHODS
+from ..templates import DEFAULT_TEMPLATES
+
+STAGES = ("ground", "finetune", "evaluate")
+
+
+@dataclass
+class ModelArgs:
+    name_or_path: str = field(default="offline:smollm2-135m-instruct", metadata={"help": "Hub id or local path."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: NF4 base via bitsandbytes."})
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataArgs:
+    dataset: str = field(default="movielens-100k", metadata={"help": "'movielens-100k' or 'files'."})
+    interactions_path: str | None = field(default=None, metadata={"help": "CSV/JSON/Parquet: user, item, time."})
+    items_path: str | None = field(default=None, metadata={"help": "CSV/JSON/Parquet: item, title, description."})
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"
+    title_column: str = "title"
+    description_columns: list[str] = field(default_factory=lambda: ["description"])
+    min_interactions: int = 3
+    max_history: int = field(default=10, metadata={"help": "Items of history in a prompt."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Seeded subsample of the windows."})
+    max_length: int = 256
+
+
+@dataclass
+class SemanticIDArgs:
+    encoder: str = "offline:all-minilm-l6-v2"
+    levels: int = 3
+    codes_per_level: int = 32
+    seed: int = 0
+
+
+@dataclass
+class AdapterArgs:
+    init: str = field(default="mean", metadata={"help": f"Starting rows: one of {INIT_METHODS}."})
+    r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    description_items_per_token: int = field(
+        default=8, metadata={"help": "init=description: titles of this many items describe a code token."}
+    )
+
+
+@dataclass
+class TrainStageArgs:
+    max_steps: int = 0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = 10
+    logging_steps: int = 10
+    save_steps: int = 50
+    bf16: bool = False
+    templates: list[str] | None = field(default=None, metadata={"help": "Grounding only: template names."})
+
+
+@dataclass
+class EvalArgs:
+    num_beams: int = 20
+    top_k: int = 20
+    max_users: int | None = field(default=300, metadata={"help": "First N test users (fixed order); None: all."})
+    batch_size: int = 8
+    split: str = field(default="test", metadata={"help": "'test' (last item) or 'valid' (second to last)."})
+
+
+@dataclass
+class OutputArgs:
+    output_dir: str = "outputs/smollm2-movielens"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    overwrite: bool = field(default=False, metadata={"help": "Allow an output_dir that holds another run."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the adapter to."})
+    seed: int = 0
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    semantic_ids: SemanticIDArgs = field(default_factory=SemanticIDArgs)
+    adapter: AdapterArgs = field(default_factory=AdapterArgs)
+    grounding: TrainStageArgs = field(default_factory=lambda: TrainStageArgs(max_steps=100, learning_rate=1e-3))
+    finetune: TrainStageArgs = field(default_factory=lambda: TrainStageArgs(max_steps=200, learning_rate=5e-4))
+    evaluation: EvalArgs = field(default_factory=EvalArgs)
+    output: OutputArgs = field(default_factory=OutputArgs)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.adapter.init not in INIT_METHODS:
+            raise ValueError(f"adapter.init must be one of {INIT_METHODS}, got {self.adapter.init!r}.")
+        if self.model.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}.")
+        unknown = [s for s in self.output.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"output.stages has unknown stage(s) {unknown}; choose from {list(STAGES)}.")
+        if self.data.dataset not in ("movielens-100k", "files"):
+            raise ValueError(f"data.dataset must be 'movielens-100k' or 'files', got {self.data.dataset!r}.")
+        if self.data.dataset == "files" and not (self.data.interactions_path and self.data.items_path):
+            raise ValueError("data.dataset='files' needs data.interactions_path and data.items_path.")
+        if self.evaluation.top_k > self.evaluation.num_beams:
+            raise ValueError(
+                f"evaluation.top_k={self.evaluation.top_k} exceeds evaluation.num_beams={self.evaluation.num_beams}: "
+                "beam search returns at most num_beams items; raise num_beams or lower top_k."
+            )
+        if self.evaluation.split not in ("test", "valid"):
+            raise ValueError(f"evaluation.split must be 'test' or 'valid', got {self.evaluation.split!r}.")
+        names = {t.name for t in DEFAULT_TEMPLATES}
+        bad = [t for t in (self.grounding.templates or []) if t not in names]
+        if bad:
+            raise ValueError(f"grounding.templates has unknown template(s) {bad}; known: {sorted(names)}.")
+        if self.model.load_in_4bit:
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError as error:
+                raise ValueError(
+                    "model.load_in_4bit=true needs bitsandbytes (pip install bitsandbytes), which failed to import."
+                ) from error
+        for stage in ("grounding", "finetune"):
+            args = getattr(self, stage)
+            if args.max_steps < 0 or args.batch_size < 1 or args.learning_rate <= 0:
+                raise ValueError(f"{stage}: max_steps >= 0, batch_size >= 1 and learning_rate > 0 are required.")
+
+
+def _check_type(value, hint, where: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, where)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[-1]
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f"{where} must be null, got {value!r}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {value!r} ({type(value).__name__}).")
+        (inner,) = typing.get_args(hint)
+        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{where} must be {hint.__name__}, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def _default(cls, name: str):
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(names)}.")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            # a partial section keeps the section's own defaults (e.g. grounding vs finetune steps)
+            defaults = dataclasses.asdict(_default(cls, name))
+            kwargs[name] = _build(hint, {**defaults, **(value or {})}, f"{where}.{name}")
+        else:
+            kwargs[name] = _check_type(value, hint, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    """Parse a recipe YAML plus `section.key=value` overrides; errors name the key, the value and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {str(path)!r} does not exist.")
+    values = yaml.safe_load(path.read_text()) or {}
+    for override in overrides or []:
+        key, sep, raw = override.partition("=")
+        if not sep or key.count(".") != 1:
+            raise ValueError(f"Override {override!r} must look like section.key=value, e.g. adapter.init=mean.")
+        section, name = key.split(".")
+        values.setdefault(section, {})
+        if not isinstance(values[section], dict):
+            raise ValueError(f"Override {override!r}: {section!r} is not a section.")
+        values[section][name] = yaml.safe_load(raw)
+    return _build(RecipeConfig, values, path.name)
+
+
+def recipe_to_dict(config: RecipeConfig) -> dict:
+    return dataclasses.asdict(config)

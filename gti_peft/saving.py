@@ -1,0 +1,52 @@
+"""Writing adapter folders atomically: a crash or a second writer never leaves a half-written mix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
+    """Call `write(tmp)` on a fresh temporary folder beside `folder`, then move it into place.
+
+    A folder that exists and holds something other than an adapter is refused unless `overwrite`.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        is_adapter = all((folder / name).exists() for name in ADAPTER_FILES)
+        if not is_adapter and not overwrite:
+            raise FileExistsError(
+                f"{str(folder)!r} exists and is not an adapter folder: choose another folder or remove it."
+            )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        write(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def save_adapter(model, tokenizer, folder: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+    """Save LoRA + new rows (`save_pretrained`) and the tokenizer into `folder`, atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
+
+    return write_folder_atomically(folder, write)
