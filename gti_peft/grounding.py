@@ -184,6 +184,7 @@ def ground(
     validate_pairs(pairs, tokenizer, new_ids, [t for t in templates if t not in DEFAULT_TEMPLATES])
     options = {**GROUNDING_DEFAULTS, **training_options}
     options.setdefault("output_dir", tempfile.mkdtemp(prefix="gti-grounding-"))
+    options.setdefault("use_cpu", not torch.cuda.is_available())  # else CPU ranks never form a process group
     args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
 
     rendered = render_examples(pairs, templates)

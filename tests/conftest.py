@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import csv
 import os
+import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +74,56 @@ def batch():
     # old ids and new ids mixed, two rows
     ids = torch.tensor([[1, 5, 120, 7, 123, 2, 125, 9], [3, 121, 4, 122, 124, 8, 6, 10]])
     return {"input_ids": ids, "labels": ids.clone()}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_files(tmp_path_factory):
+    """A tiny Llama with the real SmolLM2 tokenizer, and a synthetic catalog + interaction log as CSV files."""
+    root = tmp_path_factory.mktemp("recipe")
+    from gti_peft.offline_assets import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    genres = ["comedy", "drama", "horror", "animation", "documentary", "western"]
+    with open(root / "items.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["item_id", "title", "description"])
+        for i in range(24):
+            writer.writerow([f"m{i}", f"Film number {i}", f"A {genres[i % 6]} about topic {i // 6}."])
+    rng = random.Random(0)
+    with open(root / "interactions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user_id", "item_id", "timestamp"])
+        for user in range(12):
+            for t, item in enumerate(rng.sample(range(24), 6)):
+                writer.writerow([f"u{user}", f"m{item}", 1000 * user + t])
+    return root
+
+
+def tiny_yaml(root: Path, out: Path) -> Path:
+    path = root / f"{out.name}.yaml"
+    path.write_text(
+        f"""# python recipes/gti.py --config {path}
+model: {{name_or_path: {root / "model"}}}
+data: {{dataset: files, interactions_path: {root / "interactions.csv"}, items_path: {root / "items.csv"},
+       max_history: 3, max_length: 96}}
+semantic_ids: {{levels: 2, codes_per_level: 4}}
+adapter: {{init: mean, r: 2, lora_alpha: 4}}
+grounding: {{max_steps: 3, learning_rate: 0.01, batch_size: 4, save_steps: 2, logging_steps: 1}}
+finetune: {{max_steps: 3, learning_rate: 0.01, batch_size: 4, save_steps: 2, logging_steps: 1}}
+evaluation: {{num_beams: 5, top_k: 5, max_users: 6, batch_size: 3}}
+output: {{output_dir: {out}}}
+"""
+    )
+    return path

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_yaml
 
-from gti_peft.offline_assets import smollm2_tokenizer
 from gti_peft.recipe import RecipeConfig, load_recipe_config, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,57 +58,6 @@ def test_overrides_and_stage_defaults(tmp_path):
     assert config.grounding.max_steps == 7 and config.grounding.learning_rate == 1e-3  # grounding's default kept
     with pytest.raises(ValueError, match="section.key=value"):
         load_recipe_config(path, ["init=mean"])
-
-
-@pytest.fixture(scope="module")
-def tiny_run_files(tmp_path_factory):
-    """A tiny Llama with the real SmolLM2 tokenizer, and a synthetic catalog + interaction log as CSV files."""
-    root = tmp_path_factory.mktemp("recipe")
-    tokenizer = smollm2_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    genres = ["comedy", "drama", "horror", "animation", "documentary", "western"]
-    with open(root / "items.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["item_id", "title", "description"])
-        for i in range(24):
-            writer.writerow([f"m{i}", f"Film number {i}", f"A {genres[i % 6]} about topic {i // 6}."])
-    rng = random.Random(0)
-    with open(root / "interactions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["user_id", "item_id", "timestamp"])
-        for user in range(12):
-            for t, item in enumerate(rng.sample(range(24), 6)):
-                writer.writerow([f"u{user}", f"m{item}", 1000 * user + t])
-    return root
-
-
-def tiny_yaml(root: Path, out: Path) -> Path:
-    path = root / f"{out.name}.yaml"
-    path.write_text(
-        f"""# python recipes/gti.py --config {path}
-model: {{name_or_path: {root / "model"}}}
-data: {{dataset: files, interactions_path: {root / "interactions.csv"}, items_path: {root / "items.csv"},
-       max_history: 3, max_length: 96}}
-semantic_ids: {{levels: 2, codes_per_level: 4}}
-adapter: {{init: mean, r: 2, lora_alpha: 4}}
-grounding: {{max_steps: 3, learning_rate: 0.01, batch_size: 4, save_steps: 2, logging_steps: 1}}
-finetune: {{max_steps: 3, learning_rate: 0.01, batch_size: 4, save_steps: 2, logging_steps: 1}}
-evaluation: {{num_beams: 5, top_k: 5, max_users: 6, batch_size: 3}}
-output: {{output_dir: {out}}}
-"""
-    )
-    return path
 
 
 def test_recipe_runs_end_to_end_and_resumes(tiny_run_files, tmp_path):

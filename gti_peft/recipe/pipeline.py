@@ -175,6 +175,8 @@ def _stage_args(stage, output_dir: Path, seed: int, **extra) -> dict:
         "seed": seed,
         "report_to": "none",
         "remove_unused_columns": False,
+        # without use_cpu, Trainer never joins a CPU process group: every torchrun rank would think it is rank 0
+        "use_cpu": not torch.cuda.is_available(),
         **extra,
     }
 
@@ -243,7 +245,7 @@ def geometry(model, sids: SemanticIDs) -> dict:
 
 def run_recipe(config: RecipeConfig) -> dict:
     """Run the stages named in `config.output.stages`; return the metrics (also written to metrics.json)."""
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     set_seed(config.output.seed)
     out = prepare_output_dir(config, state)
     timings, results = {}, {"config": recipe_to_dict(config)}

@@ -1,0 +1,99 @@
+"""Interruptions, determinism and several processes, on the tiny recipe run (subprocesses, like a user would)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_ONLY = ["--set", "output.stages=[ground,finetune]", "--set", "adapter.lora_dropout=0.0"]
+# long enough that a kill after the first checkpoint lands mid-stage
+LONGER = ["--set", "grounding.max_steps=8", "--set", "finetune.max_steps=12", "--set", "finetune.save_steps=4"]
+
+
+def recipe_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "recipes" / "gti.py"), "--config", str(config), *TRAIN_ONLY, *extra]
+
+
+def run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def run_until(command: list[str], marker: Path, sig: int, timeout: float = 240) -> None:
+    """Start the recipe and send `sig` once `marker` exists (a finished Trainer checkpoint)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=_env())
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, "the run ended before the checkpoint it should be killed at"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+
+
+def adapter_tensors(out: Path, folder: str = "adapter") -> dict[str, torch.Tensor]:
+    return load_file(out / folder / "adapter_model.safetensors")
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> float:
+    assert a.keys() == b.keys()
+    worst = max((x - b[k]).abs().max().item() for k, x in a.items())
+    assert worst <= atol, worst
+    return worst
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_uninterrupted_result(tiny_run_files, tmp_path):
+    reference = tmp_path / "reference"
+    run(recipe_command(tiny_yaml(tiny_run_files, reference), *LONGER))
+    # determinism: the same seed gives the same semantic IDs, grounded rows and adapter
+    again = tmp_path / "again"
+    run(recipe_command(tiny_yaml(tiny_run_files, again), *LONGER))
+    assert (reference / "semantic_ids.safetensors").read_bytes() == (again / "semantic_ids.safetensors").read_bytes()
+    assert_same(adapter_tensors(reference, "grounded"), adapter_tensors(again, "grounded"))
+    assert_same(adapter_tensors(reference), adapter_tensors(again))
+
+    interrupted = tmp_path / "interrupted"
+    command = recipe_command(tiny_yaml(tiny_run_files, interrupted), *LONGER)
+    # SIGTERM during grounding (after its checkpoint at step 2), SIGKILL during fine-tuning (after step 4)
+    run_until(command, interrupted / "checkpoints-ground" / "checkpoint-2" / "trainer_state.json", signal.SIGTERM)
+    assert not (interrupted / "grounded").exists()
+    run_until(command, interrupted / "checkpoints-finetune" / "checkpoint-4" / "trainer_state.json", signal.SIGKILL)
+    assert not (interrupted / "adapter").exists()
+    assert not list(interrupted.glob(".adapter.tmp-*"))
+    run(command)
+    assert_same(adapter_tensors(reference, "grounded"), adapter_tensors(interrupted, "grounded"))
+    assert_same(adapter_tensors(reference), adapter_tensors(interrupted))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tiny_run_files, tmp_path):
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU path is the simple launcher);
+    # torchrun starts two gloo ranks, which Trainer/accelerate pick up as MULTI_CPU.
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    single = tmp_path / "single"
+    run(recipe_command(tiny_yaml(tiny_run_files, single)))
+    double = tmp_path / "double"
+    launcher = [torchrun, "--nproc_per_node", "2", "--master_port", "29533"]
+    command = recipe_command(tiny_yaml(tiny_run_files, double), "--set", "grounding.batch_size=2")
+    run(launcher + command[1:] + ["--set", "finetune.batch_size=2"])
+    worst = assert_same(adapter_tensors(single), adapter_tensors(double), atol=1e-4)
+    print(f"two processes vs one: max abs difference of adapter tensors {worst:.2e}")
+    # only the main process wrote: one adapter folder, no leftovers
+    assert sorted(p.name for p in double.iterdir() if p.name.startswith(".")) == []
