@@ -5,6 +5,7 @@ Importing this package registers the method with PEFT (`get_peft_model(model, GT
 
 from .config import INIT_METHODS, GTIConfig
 from .grounding import GroundingReport, ground
+from .hub import check_adapter_fits, export_for_peft, push_to_hub, save_for_hub, save_merged
 from .init import description_token_ids
 from .layer import NewTokenEmbedding, NewTokenLMHead
 from .model import GTIModel, new_token_parameters, new_token_rows
@@ -25,8 +26,13 @@ __all__ = [
     "NewTokenEmbedding",
     "NewTokenLMHead",
     "add_new_tokens",
+    "check_adapter_fits",
     "description_token_ids",
+    "export_for_peft",
     "ground",
     "new_token_parameters",
     "new_token_rows",
+    "push_to_hub",
+    "save_for_hub",
+    "save_merged",
 ]

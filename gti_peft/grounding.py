@@ -166,6 +166,7 @@ def ground(
     report_path: str | Path | None = None,
     resume_from_checkpoint: str | bool | None = None,
     eval_examples_per_template: int = 32,
+    callbacks: list | None = None,
     **training_options,
 ) -> GroundingReport:
     """Ground the new rows of a GTI `model` on `pairs` and return a `GroundingReport`.
@@ -175,6 +176,7 @@ def ground(
     `training_options` go to `transformers.TrainingArguments` (defaults: `GROUNDING_DEFAULTS`, e.g. lr 1e-3,
     no weight decay); pass `output_dir` + `save_steps` for checkpoints and `resume_from_checkpoint` to resume.
     `reference`: optional vectors (one per new token, e.g. codebook vectors) for the RSA diagnostic.
+    `callbacks`: `transformers.TrainerCallback`s, e.g. to evaluate the mapping while grounding runs.
     """
     if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):
         raise ValueError("`model` carries no GTI adapter: create it with `get_peft_model(model, GTIConfig(...))`.")
@@ -207,6 +209,7 @@ def ground(
             train_dataset=dataset.remove_columns(["template"]),
             data_collator=collator,
             processing_class=tokenizer,
+            callbacks=callbacks,
         )
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -73,3 +73,37 @@ def title_to_id_hits(model, tokenizer, pairs: list[dict], sid_of_item: dict[str,
     hit1 = sum(r[:1] == [item] for r, item in zip(rankings, items)) / len(items)
     hit10 = sum(item in r[:10] for r, item in zip(rankings, items)) / len(items)
     return {"title_to_id_hit@1": hit1, "title_to_id_hit@10": hit10, "n_items": len(items)}
+
+
+@torch.no_grad()
+def code_accuracy(model, tokenizer, pairs: list[dict], level_tokens: list[list[str]], batch_size: int = 16):
+    """Teacher-forced accuracy of each semantic-ID level given the title (argmax among that level's codes).
+
+    Chance is 1 / (codes of the level). `level_tokens[l]` lists level l's token strings.
+    """
+    from ..templates import encode_prompt_answer
+    from ..training import answer_collator, answer_logits_and_targets
+
+    level_ids = [torch.tensor(tokenizer.convert_tokens_to_ids(tokens)) for tokens in level_tokens]
+    collator = answer_collator(tokenizer)
+    was_training = model.training
+    model.eval()
+    correct = [0] * len(level_ids)
+    total = 0
+    device = next(model.parameters()).device
+    for start in range(0, len(pairs), batch_size):
+        rows = [
+            encode_prompt_answer(tokenizer, f"Which item is called {p['title']}?", p["tokens"], 256)
+            for p in pairs[start : start + batch_size]
+        ]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        logits, targets = answer_logits_and_targets(model, batch)
+        for row in range(targets.shape[0]):
+            positions = (targets[row] != -100).nonzero().squeeze(-1)[: len(level_ids)]
+            for level, position in enumerate(positions.tolist()):
+                ids = level_ids[level].to(device)
+                guess = ids[logits[row, position, ids].argmax()]
+                correct[level] += int(guess == targets[row, position])
+            total += 1
+    model.train(was_training)
+    return {f"level_{level}_accuracy": c / max(total, 1) for level, c in enumerate(correct)}

@@ -1,5 +1,6 @@
 """Generative recommendation: semantic IDs, sequence data, ranking metrics (and constrained decoding)."""
 
+from .beam_search import constrained_beam_search, generate_baseline
 from .data import (
     RECOMMENDATION_PROMPT,
     LeaveOneOutSplit,
@@ -18,10 +19,12 @@ from .data import (
 )
 from .metrics import evaluate_rankings, format_metrics_table, ndcg_at_k, recall_at_k, target_ranks
 from .semantic_ids import DEFAULT_ENCODER, SemanticIDs, embed_texts, residual_kmeans
-
-# decoding: trie, beam_search
+from .trie import ItemTrie
 
 __all__ = [
+    "ItemTrie",
+    "constrained_beam_search",
+    "generate_baseline",
     "DEFAULT_ENCODER",
     "RECOMMENDATION_PROMPT",
     "LeaveOneOutSplit",

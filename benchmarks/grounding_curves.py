@@ -1,0 +1,146 @@
+"""Does grounding ground? Curves over grounding steps on SmolLM2-135M + MovieLens-100k semantic IDs.
+
+    .venv/bin/python benchmarks/grounding_curves.py --lrs 1e-3,3e-3,1e-2 --steps 150 --eval-every 50
+
+For each learning rate, one grounding run (mean start, the recipe's own data, IDs and model code) evaluated
+every `--eval-every` steps: loss per template, effective rank and mean cosine of the new rows, per-level
+accuracy of the next code given the title (teacher-forced, chance 1/K), and title -> ID hit@1/@10 with
+constrained decoding. Results go to benchmarks/results/grounding_curves.json after every evaluation; a rerun
+skips the learning rates already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import TrainerCallback, set_seed
+
+from gti_peft import diagnostics, ground, new_token_rows
+from gti_peft.recipe.config import load_recipe_config
+from gti_peft.recipe.evaluation import code_accuracy, title_to_id_hits
+from gti_peft.recipe.pipeline import build_model, load_data, semantic_ids_stage
+from gti_peft.recsys import grounding_pairs
+from gti_peft.templates import PAPER_TEMPLATES
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "grounding_curves.json"
+
+
+class CurveCallback(TrainerCallback):
+    """Evaluates the mapping every `every` steps (and at step 0) while grounding trains."""
+
+    def __init__(self, measure, every: int):
+        self.measure, self.every = measure, every
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.measure(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self.measure(state.global_step)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"))
+    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-items", type=int, default=100, help="Items for title -> ID and code accuracy.")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    config = load_recipe_config(args.config, ["output.output_dir=outputs/benchmarks/grounding-curves"])
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = Path(config.output.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(config)
+    sids = semantic_ids_stage(config, data, out, state)
+    pairs = grounding_pairs(data.items, sids)
+    sample = random.Random(0).sample(range(len(pairs)), args.eval_items)
+    eval_pairs = [pairs[i] for i in sample]
+    eval_items = [data.items["item"][i] for i in sample]
+    levels = [[sids.token(level, code) for code in range(size)] for level, size in enumerate(sids.level_sizes)]
+    levels = levels[: len(sids.codebooks)]
+
+    path = Path(args.out)
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    results["settings"] = vars(args) | {
+        "model": config.model.name_or_path,
+        "n_new_tokens": len(sids.vocabulary()),
+        "levels": [len(level) for level in levels],
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for lr in [float(x) for x in args.lrs.split(",")]:
+        key = f"lr={lr:g}"
+        if results["runs"].get(key, {}).get("done"):
+            print(f"{key}: done already, skipped")
+            continue
+        set_seed(0)
+        tokenizer, model = build_model(config, sids, data, resume_from=None)
+        curve = []
+
+        def measure(step: int, model=model, tokenizer=tokenizer, curve=curve, key=key):
+            start = time.perf_counter()
+            _, rows, _ = new_token_rows(model)
+            point = {"step": step}
+            point |= diagnostics.cosine_stats(rows.float().cpu())
+            point["effective_rank"] = diagnostics.effective_rank(rows.float().cpu())
+            point |= code_accuracy(model, tokenizer, eval_pairs, levels)
+            point |= title_to_id_hits(model, tokenizer, eval_pairs, sids.to_dict(), eval_items, num_beams=10)
+            point["eval_seconds"] = time.perf_counter() - start
+            curve.append(point)
+            results["runs"][key] = {"curve": curve, "done": False}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2))
+            print(json.dumps(point), flush=True)
+
+        report = ground(
+            model,
+            tokenizer,
+            pairs,
+            PAPER_TEMPLATES,
+            max_length=config.data.max_length,
+            max_steps=args.steps,
+            learning_rate=lr,
+            per_device_train_batch_size=args.batch_size,
+            logging_steps=10,
+            callbacks=[CurveCallback(measure, args.eval_every)],
+        )
+        results["runs"][key] = {
+            "curve": curve,
+            "loss_history": report.loss_history,
+            "template_loss_before": report.template_loss_before,
+            "template_loss_after": report.template_loss_after,
+            "seconds_per_step": report.seconds_per_step,
+            "done": True,
+        }
+        path.write_text(json.dumps(results, indent=2))
+    print(format_curves(results))
+
+
+def format_curves(results: dict) -> str:
+    lines = ["| run | step | eff. rank | mean cos | acc a | acc b | acc c | hit@1 | hit@10 |", "|---" * 9 + "|"]
+    for key, run in results["runs"].items():
+        for p in run["curve"]:
+            accs = [p.get(f"level_{i}_accuracy", float("nan")) for i in range(3)]
+            lines.append(
+                f"| {key} | {p['step']} | {p['effective_rank']:.1f} | {p['mean_cosine']:.3f} | "
+                + " | ".join(f"{a:.3f}" for a in accs)
+                + f" | {p['title_to_id_hit@1']:.3f} | {p['title_to_id_hit@10']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

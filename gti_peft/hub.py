@@ -1,0 +1,295 @@
+"""Sharing GTI adapters: Hub-ready folders, `push_to_hub`, plain-PEFT exports and merged models for serving."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import CommitInfo, HfApi
+from peft import LoraConfig, PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .layer import NewTokenLayer, NewTokenLMHead
+from .model_card import adapter_card, card_info, exported_card, layers, merged_card
+from .peft_type import PEFT_TYPE_GTI
+from .saving import write_folder_atomically
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_DELTA = "token_adapter.trainable_tokens_delta"  # PEFT's TrainableTokens key
+_PUSH_OPTIONS = {"private", "revision", "commit_message", "token", "metrics", "create_pr", "base_model"}
+
+
+def _gti_config(model, tokenizer) -> tuple[Any, str]:
+    name = getattr(model, "active_adapter", None)
+    config = model.peft_config.get(name) if isinstance(model, PeftModel) else None
+    if config is None or config.peft_type != PEFT_TYPE_GTI:
+        raise ValueError(
+            f"`model` must be a PeftModel with an active GTI adapter (`get_peft_model(base, GTIConfig(...))` or "
+            f"`PeftModel.from_pretrained(base, gti_folder)`), got {type(model).__name__} "
+            f"(peft_type {getattr(config, 'peft_type', None)!r})."
+        )
+    if any(isinstance(m, NewTokenLayer) and m.merged for m in model.modules()):
+        raise ValueError("`model` has its GTI adapter merged: call `model.unmerge_adapter()` before saving it.")
+    size = len(tokenizer) if tokenizer is not None else 0
+    if size <= max(config.new_token_ids):
+        raise ValueError(
+            f"`tokenizer` has {size} tokens but the adapter's new token ids go up to {max(config.new_token_ids)}: "
+            "pass the tokenizer the new tokens were added to (e.g. with `gti_peft.add_new_tokens`)."
+        )
+    return config, name
+
+
+def _save_adapter(model, name: str, folder: Path) -> None:
+    model.save_pretrained(folder, selected_adapters=[name])
+    if name != "default":  # PEFT writes non-default adapters into a sub-folder
+        for path in (folder / name).iterdir():
+            path.replace(folder / path.name)
+        (folder / name).rmdir()
+
+
+def save_for_hub(
+    model: PeftModel,
+    tokenizer,
+    folder: str | Path,
+    metrics: Mapping[str, Any] | None = None,
+    extra_files: Iterable[str | Path] | None = None,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """Write a Hub-ready GTI adapter folder, atomically: LoRA + new rows, tokenizer, config and a model card.
+
+    An existing adapter folder is replaced, any other non-empty folder refused. `metrics` (e.g. the recipe's
+    metrics.json) go into the card, `extra_files` are copied as they are; `repo_id` names the card's load snippet
+    (default: the folder) and `base_model` its metadata (default: the adapter config's base, if a Hub id).
+    """
+    config, name = _gti_config(model, tokenizer)
+    extra = [Path(p) for p in extra_files or []]
+    missing = [str(p) for p in extra if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"`extra_files` {missing} do not exist (or are not files): pass existing files.")
+    info = card_info(model, tokenizer, config, repo_id or str(folder), base_model)
+
+    def write(tmp: Path) -> None:
+        _save_adapter(model, name, tmp)
+        tensors = load_file(tmp / WEIGHTS)  # record the sizes the adapter expects, for `check_adapter_fits`
+        sizes = {"gti_vocab_size": info.vocab_size, "gti_hidden_size": info.hidden_size}
+        sizes |= {"gti_base_vocab_size": info.base_vocab_size} if info.base_vocab_size else {}
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"} | {k: str(v) for k, v in sizes.items()})
+        tokenizer.save_pretrained(tmp)
+        for path in extra:
+            if (tmp / path.name).exists():
+                raise ValueError(f"`extra_files` entry {str(path)!r} would overwrite the adapter's {path.name}.")
+            shutil.copy2(path, tmp / path.name)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.name != "README.md"}
+        adapter_card(info, config, metrics, files).save(tmp / "README.md")
+
+    return write_folder_atomically(folder, write, overwrite=False)
+
+
+def push_to_hub(
+    model: PeftModel,
+    tokenizer,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    create_pr: bool = False,
+    base_model: str | None = None,
+) -> CommitInfo:
+    """Upload exactly the folder `save_for_hub` writes (never the full embedding matrix) to `repo_id`.
+
+    Creates the repo if needed (and the branch `revision`, if it is not `main`), then commits the folder.
+    """
+    config, _ = _gti_config(model, tokenizer)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    message = commit_message or f"Upload GTI adapter ({len(config.new_token_ids)} new tokens)"
+    with tempfile.TemporaryDirectory(prefix="gti-hub-") as tmp:
+        folder = save_for_hub(
+            model, tokenizer, Path(tmp) / "adapter", metrics=metrics, repo_id=repo_id, base_model=base_model
+        )
+        return api.upload_folder(
+            folder_path=folder, repo_id=repo_id, revision=revision, commit_message=message, create_pr=create_pr
+        )
+
+
+def export_for_peft(
+    model: PeftModel, tokenizer, folder: str | Path, *, repo_id: str | None = None, base_model: str | None = None
+) -> Path:
+    """Write a plain PEFT LoRA folder (`trainable_token_indices`) that loads where gti-peft is not installed.
+
+    Users resize the base to the adapter's vocabulary, then `PeftModel.from_pretrained(base, folder)` (the folder's
+    card shows the exact lines). Rows that GTI's resize added for no new token (padding) are exported too, so
+    logits match exactly. Refused for a base with an LM-head bias: PEFT's TrainableTokens drops it (PEFT #3649).
+    """
+    config, name = _gti_config(model, tokenizer)
+    embedding, head = layers(model)
+    if head is not None and getattr(head.get_base_layer(), "bias", None) is not None:
+        raise ValueError(
+            f"The base model's LM head ({type(head.get_base_layer()).__name__}) has a bias, which PEFT's "
+            "TrainableTokens ignores (PEFT issue 3649): an exported adapter would change every logit. Share "
+            "this adapter with `save_for_hub` (needs gti-peft to load) or `save_merged` instead."
+        )
+    info = card_info(model, tokenizer, config, repo_id or str(folder), base_model)
+    new = set(config.new_token_ids)
+    filler = [i for i in range(info.base_vocab_size or info.vocab_size, info.vocab_size) if i not in new]
+    ids = list(config.new_token_ids) + filler
+    state = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
+    state = {k: v for k, v in state.items() if ".gti_" not in k}  # LoRA keys are PEFT's own
+    indices = {}
+    for layer in (embedding, head):
+        if layer is None or (isinstance(layer, NewTokenLMHead) and layer.is_tied):
+            continue  # a tied head follows the embedding's adapter
+        module = next(n for n, m in model.get_base_model().named_modules() if m is layer)
+        rows = layer.new_rows(name).detach()
+        state[f"base_model.model.{module}.{_DELTA}"] = torch.cat([rows, layer.base_weight.detach()[filler].to(rows)])
+        indices[module] = ids
+    fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"peft_type", "trainable_token_indices"}
+    kwargs = {k: copy.deepcopy(getattr(config, k)) for k in fields if hasattr(config, k)}
+    lora_config = LoraConfig(**(kwargs | {"inference_mode": True, "trainable_token_indices": indices}))
+
+    def write(tmp: Path) -> None:
+        lora_config.save_pretrained(tmp)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp / WEIGHTS, metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        exported_card(info, info.base_model or info.base_model_path or "<base model>").save(tmp / "README.md")
+
+    return write_folder_atomically(folder, write, overwrite=False)
+
+
+def save_merged(model: PeftModel, tokenizer, folder: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a standalone model (LoRA and new rows merged, extended vocabulary, tokenizer, generation config).
+
+    It loads with plain `AutoModelForCausalLM.from_pretrained(folder)`. A deep copy of `model` is merged, so the
+    caller's PeftModel is unchanged (this needs memory for a second copy). A quantized base is refused.
+    """
+    config, _ = _gti_config(model, tokenizer)
+    base = model.get_base_model()
+    if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
+        raise ValueError(
+            "`model` has a quantized base: merging into 4/8-bit weights loses precision. Load the base in "
+            "bf16/fp16/fp32, then the adapter (`PeftModel.from_pretrained`), and call `save_merged` on that."
+        )
+    info = card_info(model, tokenizer, config, str(folder), None)
+    merged = copy.deepcopy(model).merge_and_unload(safe_merge=True)
+    generation = getattr(merged, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None and tokenizer.pad_token_id is not None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        merged_card(info).save(tmp / "README.md")
+
+    return write_folder_atomically(folder, write, overwrite=overwrite)
+
+
+def _read_adapter(folder: Path) -> tuple[dict, dict[str, list[int]], dict[str, str]]:
+    """`(adapter config, tensor shapes, safetensors metadata)`, with clear errors for missing or corrupt files."""
+    missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
+    if missing:
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
+        raise FileNotFoundError(
+            f"`adapter_folder` {str(folder)!r} holds no {' or '.join(missing)} (found {found}): it is not a complete "
+            "adapter. Save it again (`save_for_hub` / `save_pretrained`) or download all of its files."
+        )
+    name = CONFIG
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        name = WEIGHTS
+        with safe_open(folder / WEIGHTS, framework="pt") as file:
+            shapes = {key: list(file.get_slice(key).get_shape()) for key in file.keys()}  # noqa: SIM118
+            metadata = file.metadata() or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{name} in `adapter_folder` {str(folder)!r} ({(folder / name).stat().st_size} bytes) is corrupt or "
+            f"truncated ({error}): save or download the adapter again."
+        ) from error
+    return config, shapes, metadata
+
+
+def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
+    """Raise a clear error if the GTI adapter in `adapter_folder` was not made for `base_model`.
+
+    Checks the files are complete and readable, the hidden size of the new rows, every LoRA weight's shape against
+    the base's module, and the vocabulary size (recorded by `save_for_hub`) against the base's embedding rows.
+    """
+    folder = Path(adapter_folder)
+    config, shapes, metadata = _read_adapter(folder)
+    embedding = base_model.get_input_embeddings()
+    weight = embedding.base_weight if isinstance(embedding, NewTokenLayer) else embedding.weight
+    rows, hidden = weight.shape
+    trained_on = f"the base it was trained on ({config.get('base_model_name_or_path')!r})"
+    for key, shape in shapes.items():
+        if key.endswith(".gti_rows") and shape[1] != hidden:
+            raise ValueError(
+                f"The adapter in {str(folder)!r} has new-token rows of hidden size {shape[1]}, but `base_model` "
+                f"({type(base_model).__name__}) has hidden size {hidden}: load it onto {trained_on}."
+            )
+    for key, shape in shapes.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            path = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+            try:
+                module = base_model.get_submodule(path)
+            except AttributeError:
+                raise ValueError(
+                    f"The adapter in {str(folder)!r} has LoRA weights for {path!r}, a module `base_model` lacks: "
+                    f"load it onto {trained_on}."
+                ) from None
+            side, size = ("in_features", shape[1]) if ".lora_A." in key else ("out_features", shape[0])
+            if getattr(module, side, size) != size:
+                raise ValueError(
+                    f"The adapter in {str(folder)!r} expects {path!r} with {side}={size}, but `base_model`'s has "
+                    f"{getattr(module, side)}: load it onto {trained_on}."
+                )
+    ids = config.get("new_token_ids") or []
+    if "gti_vocab_size" not in metadata or not ids:
+        return
+    n = int(metadata["gti_vocab_size"])
+    n0 = int(metadata["gti_base_vocab_size"]) if "gti_base_vocab_size" in metadata else None
+    if rows in (n, n0) or (n0 is None and rows <= min(ids)):
+        return
+    raise ValueError(
+        f"`base_model` has {rows} embedding rows, but the adapter in {str(folder)!r} was saved for a base with "
+        f"{n0 if n0 is not None else 'at most ' + str(min(ids))} rows ({n} with its {len(ids)} new tokens, ids "
+        f"{min(ids)}-{max(ids)}): this base has another vocabulary, and its tokens would get the new rows. "
+        f"Load the adapter onto {trained_on}."
+    )
+
+
+def guard_push_to_hub(push):
+    """Wrap `PeftModel.push_to_hub` (no tokenizer, a generic card) to send GTI adapters through `push_to_hub`:
+    `model.push_to_hub(repo_id, tokenizer=tokenizer, ...)` then takes `gti_peft.push_to_hub`'s options."""
+
+    @functools.wraps(push)
+    def wrapper(self, repo_id: str, *args, tokenizer=None, **kwargs):
+        config = self.peft_config.get(self.active_adapter)
+        if config is None or config.peft_type != PEFT_TYPE_GTI:
+            return push(self, repo_id, *args, **kwargs)
+        unsupported = sorted(set(kwargs) - _PUSH_OPTIONS) + (["positional arguments"] if args else [])
+        if tokenizer is None or unsupported:
+            raise TypeError(
+                f"`push_to_hub` of a GTI adapter needs `tokenizer=` (the tokenizer with the new tokens) and takes "
+                f"only {sorted(_PUSH_OPTIONS)} as keywords (got unsupported {unsupported}): call "
+                "`gti_peft.push_to_hub(model, tokenizer, repo_id, ...)`."
+            )
+        return push_to_hub(self, tokenizer, repo_id, **kwargs)
+
+    wrapper.__gti_wrapped__ = True
+    return wrapper
