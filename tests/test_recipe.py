@@ -88,3 +88,11 @@ def test_recipe_refuses_a_foreign_output_dir(tiny_run_files, tmp_path):
     with pytest.raises(FileExistsError, match="not a GTI recipe run"):
         run_recipe(load_recipe_config(tiny_yaml(tiny_run_files, out)))
     assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_a_log_where_no_user_has_three_interactions_fails_clearly(tiny_run_files, tmp_path):
+    log = tmp_path / "short.csv"
+    log.write_text("user_id,item_id,timestamp\nu1,m1,1\nu1,m2,2\nu2,m3,5\n")
+    config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "out"), [f"data.interactions_path={log}"])
+    with pytest.raises(ValueError, match="No user has enough interactions"):
+        run_recipe(config)

@@ -135,6 +135,12 @@ def build_model(config: RecipeConfig, sids: SemanticIDs, data: RecData, resume_f
         model = PeftModel.from_pretrained(base, resume_from, is_trainable=True)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
+        rows = base.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ValueError(
+                f"The tokenizer of {config.model.name_or_path!r} has {len(tokenizer)} tokens but the model has "
+                f"{rows} embedding rows: they do not belong together. Load both from the same model."
+            )
         vocab = sids.vocabulary()
         ids = add_new_tokens(tokenizer, vocab)
         args = config.adapter
