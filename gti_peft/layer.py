@@ -161,10 +161,14 @@ class NewTokenLMHead(NewTokenLayer):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         logits = self.base_layer(hidden_states, *args, **kwargs)
+        base_bias = getattr(self.get_base_layer(), "bias", None)
         for name in self._active():
-            rows = self.new_rows(name)
+            ids, rows = self.gti_token_ids[name], self.new_rows(name)
+            # add (new rows - base rows) @ h to the new ids' columns: unlike overwriting them (index_copy_), whose
+            # backward clones the whole logits gradient, index_add_ passes the gradient through untouched
+            delta = rows - self.base_weight[ids].to(rows.dtype)
             bias = self.gti_bias.get(name)
-            new_logits = F.linear(hidden_states.to(rows.dtype), rows, bias)
-            # in place: the base matmul does not keep its output for backward
-            logits.index_copy_(-1, self.gti_token_ids[name], new_logits.to(logits.dtype))
+            if bias is not None and base_bias is not None:
+                bias = bias - base_bias[ids].to(bias.dtype)
+            logits.index_add_(-1, ids, F.linear(hidden_states.to(rows.dtype), delta, bias).to(logits.dtype))
         return logits

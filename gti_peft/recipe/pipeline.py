@@ -290,6 +290,9 @@ def run_recipe(config: RecipeConfig) -> dict:
         )
         timings["evaluate"] = time.perf_counter() - start
         results["metrics"] = {"model": metrics["model"], "popularity": metrics["popularity"]}
+        targets = {ex["user"]: ex["target"] for ex in examples}
+        rankings = {user: {"target": targets[user], "ranking": r} for user, r in metrics["rankings"].items()}
+        (out / "rankings.json").write_text(json.dumps(rankings))  # per-user lists: paired statistics
         label = f"gti ({config.adapter.init} init, {config.grounding.max_steps} grounding steps)"
         results["table"] = format_metrics_table({"popularity": metrics["popularity"], label: metrics["model"]})
         print(results["table"], flush=True)
