@@ -62,6 +62,15 @@ class GTIConfig(LoraConfig):
         metadata={"help": "Filled by `gti_peft.ground`: how the rows were grounded (steps, lr, templates, loss)."},
     )
 
+    base_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Set when the adapter is created: the base's embedding rows before GTI resized it."},
+    )
+    vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Set when the adapter is created: embedding rows after resizing; reloads restore them."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PEFT_TYPE_GTI

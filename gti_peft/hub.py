@@ -263,11 +263,11 @@ def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
         return
     n = int(metadata["gti_vocab_size"])
     n0 = int(metadata["gti_base_vocab_size"]) if "gti_base_vocab_size" in metadata else None
-    if rows in (n, n0) or (n0 is None and rows <= min(ids)):
+    if rows <= n and (n0 is None or rows >= n0):  # un-resized, resized to len(tokenizer), or fully resized
         return
     raise ValueError(
         f"`base_model` has {rows} embedding rows, but the adapter in {str(folder)!r} was saved for a base with "
-        f"{n0 if n0 is not None else 'at most ' + str(min(ids))} rows ({n} with its {len(ids)} new tokens, ids "
+        f"{n0 if n0 is not None else f'at most {n}'} rows ({n} with its {len(ids)} new tokens, ids "
         f"{min(ids)}-{max(ids)}): this base has another vocabulary, and its tokens would get the new rows. "
         f"Load the adapter onto {trained_on}."
     )

@@ -28,16 +28,55 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def _fill_added_rows(model: nn.Module, n_before: int) -> None:
+    """Rows from `n_before` on (and their bias entries) take the mean of the rows before: deterministic."""
+    embedding, head = _base(model.get_input_embeddings()), _base(model.get_output_embeddings())
+    layers = [embedding] + ([head] if head is not None and head.weight is not embedding.weight else [])
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight[n_before:] = layer.weight[:n_before].mean(dim=0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[n_before:] = layer.bias[:n_before].mean()
+
+
+def _restore_vocabulary(model: nn.Module, config: GTIConfig, n_before: int) -> int | None:
+    """Reloading an adapter that recorded its sizes: give the base exactly the rows it was made with.
+
+    Returns the rows before GTI's resize, or None where the recorded sizes do not apply (an older adapter, or a
+    base smaller than recorded because the vocabulary was resized before the adapter was created).
+    """
+    n0, n = config.base_vocab_size, config.vocab_size
+    if n is None or n0 is None or n_before < n0:
+        return None
+    if n_before > n:
+        ids = config.new_token_ids
+        raise ValueError(
+            f"The base model has {n_before} embedding rows, but this GTI adapter was made on a base with {n0} rows "
+            f"({n} with its {len(ids)} new tokens, ids {min(ids)}-{max(ids)}): this base has another vocabulary, "
+            f"and its tokens would get the new rows. Load the adapter onto {config.base_model_name_or_path!r}."
+        )
+    if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):  # not a second adapter on this model
+        if n_before < n:
+            model.resize_token_embeddings(n, mean_resizing=False)
+        _fill_added_rows(model, n0)  # also undoes random rows of a resize by the caller (AutoPeftModel...)
+    return n0
+
+
 def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
     """Grow the base vocabulary so every new id has a row; return the number of rows before.
 
     Rows added here start at the mean of the old rows (deterministic, so a reloaded adapter reproduces the
-    logits of every id); the new ids' rows are then replaced by the adapter's own rows.
+    logits of every id); the new ids' rows are then replaced by the adapter's own rows. The sizes before and after
+    are recorded in `config` (`base_vocab_size`, `vocab_size`), so a reload restores exactly these rows.
     """
     embedding = _base(model.get_input_embeddings())
     n_before = embedding.weight.shape[0]
+    restored = _restore_vocabulary(model, config, n_before)
+    if restored is not None:
+        return restored
     ids = config.new_token_ids
     if max(ids) < n_before:
+        _record_sizes(config, n_before, n_before)
         return n_before
     if isinstance(model.get_input_embeddings(), NewTokenEmbedding):
         raise ValueError(
@@ -54,18 +93,15 @@ def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
             "`tokenizer.add_tokens(...)`, or resize the model first with "
             "`model.resize_token_embeddings(len(tokenizer))`."
         )
-    head = _base(model.get_output_embeddings())
-    tied = head is not None and head.weight is embedding.weight
     model.resize_token_embeddings(max(ids) + 1, pad_to_multiple_of=config.pad_to_multiple_of, mean_resizing=False)
-    with torch.no_grad():
-        layers = [_base(model.get_input_embeddings())]
-        if not tied and model.get_output_embeddings() is not None:
-            layers.append(_base(model.get_output_embeddings()))
-        for layer in layers:
-            layer.weight[n_before:] = layer.weight[:n_before].mean(dim=0)
-            if getattr(layer, "bias", None) is not None:
-                layer.bias[n_before:] = layer.bias[:n_before].mean()
+    _fill_added_rows(model, n_before)
+    _record_sizes(config, n_before, _base(model.get_input_embeddings()).weight.shape[0])
     return n_before
+
+
+def _record_sizes(config: GTIConfig, n_before: int, n_after: int) -> None:
+    if config.vocab_size is None:  # creating the adapter (or loading one saved before sizes were recorded)
+        config.base_vocab_size, config.vocab_size = n_before, n_after
 
 
 class GTIModel(LoraModel):

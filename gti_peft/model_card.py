@@ -64,7 +64,9 @@ def _added_rows_start(weight: torch.Tensor) -> int | None:
 def vocab_sizes(model) -> tuple[int | None, int, int]:
     """`(rows before GTI resized the base or None, embedding rows, hidden size)` of a GTI model."""
     weight = layers(model)[0].base_weight.detach()
-    return _added_rows_start(weight), weight.shape[0], weight.shape[1]
+    recorded = getattr(model.peft_config[model.active_adapter], "base_vocab_size", None)  # if the config records it
+    n0 = recorded if recorded is not None and recorded < weight.shape[0] else _added_rows_start(weight)
+    return n0, weight.shape[0], weight.shape[1]
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import peft.peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import register_peft_method
 
 from .config import GTIConfig
+from .hub import check_adapter_fits, guard_push_to_hub
 from .model import GTIModel
 from .peft_type import PEFT_TYPE_GTI
 
@@ -29,6 +32,27 @@ def _never_save_full_embeddings(get_state_dict):
     return wrapper
 
 
+def _check_fit_first(from_pretrained):
+    """`PeftModel.from_pretrained(base, local_gti_folder)` first checks that the adapter fits the base (complete
+    files, hidden size, LoRA shapes, vocabulary), instead of a shape dump or a silent load onto another vocabulary."""
+    func = from_pretrained.__func__
+
+    @functools.wraps(func)
+    def wrapper(cls, model, model_id, *args, **kwargs):
+        folder = Path(str(model_id)) / kwargs.get("subfolder", "")
+        if (folder / "adapter_config.json").is_file() and kwargs.get("config") is None:
+            try:
+                is_gti = json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "GTI"
+            except ValueError:
+                is_gti = True  # check_adapter_fits names the corrupt file
+            if is_gti:
+                check_adapter_fits(model, folder)
+        return func(cls, model, model_id, *args, **kwargs)
+
+    wrapper.__gti_wrapped__ = True
+    return classmethod(wrapper)
+
+
 def register() -> None:
     """Idempotent: safe to call from several imports."""
     if PEFT_TYPE_GTI not in PEFT_TYPE_TO_CONFIG_MAPPING:
@@ -37,3 +61,8 @@ def register() -> None:
         peft.peft_model.get_peft_model_state_dict = _never_save_full_embeddings(
             peft.peft_model.get_peft_model_state_dict
         )
+    model_cls = peft.peft_model.PeftModel
+    if not getattr(model_cls.push_to_hub, "__gti_wrapped__", False):
+        model_cls.push_to_hub = guard_push_to_hub(model_cls.push_to_hub)
+    if not getattr(model_cls.from_pretrained, "__gti_wrapped__", False):
+        model_cls.from_pretrained = _check_fit_first(model_cls.from_pretrained)

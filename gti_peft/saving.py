@@ -37,16 +37,3 @@ def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], o
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def save_adapter(model, tokenizer, folder: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
-    """Save LoRA + new rows (`save_pretrained`) and the tokenizer into `folder`, atomically."""
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            extra(tmp)
-
-    return write_folder_atomically(folder, write)

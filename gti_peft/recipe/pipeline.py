@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .. import diagnostics, offline_assets
 from ..config import GTIConfig
 from ..grounding import ground
+from ..hub import push_to_hub, save_for_hub
 from ..init import description_token_ids
 from ..model import new_token_rows
 from ..quantization import guard_cpu_4bit_training, load_4bit_causal_lm
@@ -36,7 +37,6 @@ from ..recsys import (
     training_examples,
     user_histories,
 )
-from ..saving import save_adapter
 from ..templates import DEFAULT_TEMPLATES, encode_prompt_answer
 from ..tokens import add_new_tokens
 from ..training import AnswerOnlyTrainer, answer_collator
@@ -272,7 +272,7 @@ def run_recipe(config: RecipeConfig) -> dict:
         results["grounding"] = {k: v for k, v in report.to_dict().items() if k not in ("diagnostics_before",)}
         results["geometry"]["grounded"] = geometry(model, sids)
         if state.is_main_process:
-            save_adapter(model, tokenizer, grounded, extra=lambda d: sids.save(d / SID_FILE))
+            save_for_hub(model, tokenizer, grounded, extra_files=[out / SID_FILE])
         state.wait_for_everyone()
     if "finetune" in stages and config.finetune.max_steps > 0 and not adapter.exists():
         start = time.perf_counter()
@@ -280,7 +280,7 @@ def run_recipe(config: RecipeConfig) -> dict:
         timings["finetune"] = time.perf_counter() - start
         results["geometry"]["finetuned"] = geometry(model, sids)
         if state.is_main_process:
-            save_adapter(model, tokenizer, adapter, extra=lambda d: sids.save(d / SID_FILE))
+            save_for_hub(model, tokenizer, adapter, extra_files=[out / SID_FILE])
         state.wait_for_everyone()
     if "evaluate" in stages and state.is_main_process:
         start = time.perf_counter()
@@ -300,6 +300,11 @@ def run_recipe(config: RecipeConfig) -> dict:
     if state.is_main_process:
         (out / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
         _plots(model, sids, out)
+        card_metrics = {k: results[k] for k in ("metrics", "table") if k in results}
+        if card_metrics and adapter.exists():  # the card shows what this adapter scored
+            save_for_hub(model, tokenizer, adapter, metrics=card_metrics, extra_files=[out / SID_FILE])
+        if config.output.push_to_hub:
+            push_to_hub(model, tokenizer, config.output.push_to_hub, metrics=card_metrics or None)
     state.wait_for_everyone()
     return results
 
