@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from render_results import format_curves
 from transformers import TrainerCallback, set_seed
 
 from gti_peft import diagnostics, ground, new_token_rows
@@ -127,19 +128,6 @@ def main() -> None:
         }
         path.write_text(json.dumps(results, indent=2))
     print(format_curves(results))
-
-
-def format_curves(results: dict) -> str:
-    lines = ["| run | step | eff. rank | mean cos | acc a | acc b | acc c | hit@1 | hit@10 |", "|---" * 9 + "|"]
-    for key, run in results["runs"].items():
-        for p in run["curve"]:
-            accs = [p.get(f"level_{i}_accuracy", float("nan")) for i in range(3)]
-            lines.append(
-                f"| {key} | {p['step']} | {p['effective_rank']:.1f} | {p['mean_cosine']:.3f} | "
-                + " | ".join(f"{a:.3f}" for a in accs)
-                + f" | {p['title_to_id_hit@1']:.3f} | {p['title_to_id_hit@10']:.3f} |"
-            )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
