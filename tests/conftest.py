@@ -84,16 +84,7 @@ def tiny_run_files(tmp_path_factory):
 
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "model")
+    LlamaForCausalLM(llama_config(tied=True, vocab=len(tokenizer))).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     genres = ["comedy", "drama", "horror", "animation", "documentary", "western"]
     with open(root / "items.csv", "w", newline="") as f:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import llama_config
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,16 +36,7 @@ def tokenizer_and_pairs():
 
 def tiny_gti(tokenizer, tokens, seed=0):
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    base = LlamaForCausalLM(config)
+    base = LlamaForCausalLM(llama_config(tied=True, vocab=49152))
     ids = tokenizer.convert_tokens_to_ids(tokens)
     return get_peft_model(base, GTIConfig(new_token_ids=ids, init="mean", r=4, target_modules="all-linear"))
 
