@@ -57,6 +57,20 @@ def constrained_decoding() -> list[str]:
     ]
 
 
+def demo() -> list[str]:
+    data = _load("demo-smollm2-movielens")
+    if data is None:
+        return []
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
+    return [
+        "### `make demo` (SmolLM2-135M + MovieLens-100k on 2 CPU cores)",
+        f"Wall time {data['wall_seconds'] / 60:.1f} min ({timings}); {data['date']}.",
+        "",
+        data["table"].strip(),
+        "",
+    ]
+
+
 def grounding_curves() -> list[str]:
     data = _load("grounding_curves")
     if data is None:
@@ -87,7 +101,7 @@ def format_curves(results: dict) -> str:
 
 
 def main() -> None:
-    body = [START, "## Results", "", *new_token_layers(), *constrained_decoding(), *grounding_curves(), END]
+    body = [START, "## Results", "", *demo(), *new_token_layers(), *constrained_decoding(), *grounding_curves(), END]
     readme = (ROOT / "README.md").read_text()
     block = "\n".join(body)
     if START in readme:
