@@ -27,6 +27,7 @@ def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], o
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
         write(tmp)
+        _plain_permissions(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -37,3 +38,13 @@ def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], o
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _plain_permissions(folder: Path) -> None:
+    """mkdtemp makes the folder private (0700) and safetensors writes 0600 files: give them the usual umask
+    permissions, so a shared adapter folder is readable like any other."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

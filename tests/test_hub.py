@@ -297,3 +297,23 @@ def test_bad_input_or_a_failed_save_leaves_the_old_adapter_intact(bases, tokeniz
     with pytest.raises(ValueError, match="unmerge_adapter"):
         save_merged(other, tokenizer, tmp_path / "merged")
     assert listing(folder) == old and not (tmp_path / "merged").exists()
+
+
+def test_saved_folders_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from gti_peft.saving import write_folder_atomically
+
+    def write(folder):
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        os.chmod(folder / "adapter_model.safetensors", 0o600)  # what safetensors does
+
+    umask = os.umask(0o022)
+    try:
+        folder = write_folder_atomically(tmp_path / "adapter", write)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "adapter_model.safetensors").stat().st_mode) == 0o644
