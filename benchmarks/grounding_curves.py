@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-items", type=int, default=100, help="Items for title -> ID and code accuracy.")
+    parser.add_argument("--templates", default="", help="Comma-separated template names (default: the paper's six).")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -72,6 +73,8 @@ def main() -> None:
     levels = [[sids.token(level, code) for code in range(size)] for level, size in enumerate(sids.level_sizes)]
     levels = levels[: len(sids.codebooks)]
 
+    names = args.templates.split(",") if args.templates else [t.name for t in PAPER_TEMPLATES]
+    templates = [t for t in PAPER_TEMPLATES if t.name in names]
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["settings"] = vars(args) | {
@@ -83,7 +86,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     for lr in [float(x) for x in args.lrs.split(",")]:
-        key = f"lr={lr:g}"
+        key = f"lr={lr:g}" + (f" [{args.templates}]" if args.templates else "")
         if results["runs"].get(key, {}).get("done"):
             print(f"{key}: done already, skipped")
             continue
@@ -110,7 +113,7 @@ def main() -> None:
             model,
             tokenizer,
             pairs,
-            PAPER_TEMPLATES,
+            templates,
             max_length=config.data.max_length,
             max_steps=args.steps,
             learning_rate=lr,
