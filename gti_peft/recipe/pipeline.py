@@ -293,7 +293,8 @@ def run_recipe(config: RecipeConfig) -> dict:
         targets = {ex["user"]: ex["target"] for ex in examples}
         rankings = {user: {"target": targets[user], "ranking": r} for user, r in metrics["rankings"].items()}
         (out / "rankings.json").write_text(json.dumps(rankings))  # per-user lists: paired statistics
-        label = f"gti ({config.adapter.init} init, {config.grounding.max_steps} grounding steps)"
+        steps = config.grounding.max_steps if "ground" in config.output.stages else 0
+        label = f"{config.adapter.init} init" + (f" + GTI ({steps} grounding steps)" if steps else ", no grounding")
         results["table"] = format_metrics_table({"popularity": metrics["popularity"], label: metrics["model"]})
         print(results["table"], flush=True)
     results["timings_s"] = timings
