@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -45,27 +44,11 @@ def layers(model) -> tuple[NewTokenEmbedding, NewTokenLMHead | None]:
     return model.get_input_embeddings(), head if isinstance(head, NewTokenLMHead) else None
 
 
-def _added_rows_start(weight: torch.Tensor) -> int | None:
-    """First row that GTI's resize added (they all hold the mean of the rows before), or None if none was."""
-    n, last, start = weight.shape[0], weight[-1], weight.shape[0] - 1
-    while start > 0:  # walk down in chunks while rows equal the last one
-        low = max(0, start - 1024)
-        same = (weight[low:start] == last).all(dim=1)
-        if not same.all():
-            start = low + int((~same).nonzero().max()) + 1
-            break
-        start = low
-    if start == 0 or start == n:
-        return None
-    mean = weight[:start].mean(dim=0)
-    return start if torch.allclose(mean.float(), last.float(), rtol=1e-3, atol=1e-6) else None
-
-
 def vocab_sizes(model) -> tuple[int | None, int, int]:
     """`(rows before GTI resized the base or None, embedding rows, hidden size)` of a GTI model."""
     weight = layers(model)[0].base_weight.detach()
-    recorded = getattr(model.peft_config[model.active_adapter], "base_vocab_size", None)  # if the config records it
-    n0 = recorded if recorded is not None and recorded < weight.shape[0] else _added_rows_start(weight)
+    recorded = model.peft_config[model.active_adapter].base_vocab_size  # set by GTIModel when it resized
+    n0 = recorded if recorded is not None and recorded < weight.shape[0] else None
     return n0, weight.shape[0], weight.shape[1]
 
 

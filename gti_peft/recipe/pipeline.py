@@ -41,7 +41,7 @@ from ..templates import DEFAULT_TEMPLATES, encode_prompt_answer
 from ..tokens import add_new_tokens
 from ..training import AnswerOnlyTrainer, answer_collator
 from .config import RecipeConfig, recipe_to_dict
-from .evaluation import evaluate_next_item
+from .evaluation import TOKEN_PATTERN, evaluate_next_item
 
 logger = logging.getLogger(__name__)
 SID_FILE = "semantic_ids.safetensors"
@@ -108,7 +108,7 @@ def _description_ids(tokenizer, sids: SemanticIDs, vocab: list[str], data: RecDa
     titles = dict(zip(data.items["item"], data.items["title"]))
     examples: dict[str, list[str]] = {token: [] for token in vocab}
     for item, sid in sids.to_dict().items():
-        for token in sid.replace("><", "> <").split():
+        for token in TOKEN_PATTERN.findall(sid):
             if len(examples[token]) < per_token:
                 examples[token].append(titles[item])
     texts = [", ".join(examples[t]) if examples[t] else "an unused item code" for t in vocab]
@@ -245,8 +245,8 @@ def _codebook_reference(sids: SemanticIDs, model):
 def geometry(model, sids: SemanticIDs) -> dict:
     _, rows, _ = new_token_rows(model)
     old = model.get_input_embeddings().base_weight.detach()
-    n = sids.codebook_for_tokens().shape[0]
-    return diagnostics.summarize(rows[:n].float().cpu(), old.float().cpu(), reference=sids.codebook_for_tokens())
+    codebook = sids.codebook_for_tokens()  # rows line up with the first len(codebook) new tokens
+    return diagnostics.summarize(rows[: len(codebook)].float().cpu(), old.float().cpu(), reference=codebook)
 
 
 def run_recipe(config: RecipeConfig) -> dict:
