@@ -18,6 +18,43 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def quality() -> list[str]:
+    data = _load("quality-cpu")
+    if data is None or not data["runs"]:
+        return []
+    v = ", ".join(f"{k} {x}" for k, x in data["versions"].items())
+    return [
+        "### Quality: GTI against every baseline (`benchmarks/quality.py --profile cpu`)",
+        f"SmolLM2-135M-Instruct + MovieLens-100k, the same semantic IDs and fine-tuning data for every arm; first "
+        f"{data['runs'][next(iter(data['runs']))]['metrics']['model']['n_users']} leave-one-out test users; "
+        f"{data['machine']}, {v}, {data['date']}. Recipe overrides: `{' '.join(data['settings']['overrides'])}`. "
+        "hit@10 is title -> ID with constrained decoding over all 1,682 items "
+        f"({data['settings']['probe_items']} items, chance 0.006). Plots: `benchmarks/results/quality-cpu.png`.",
+        "",
+        format_quality(data),
+        "",
+    ]
+
+
+def speed() -> list[str]:
+    data = _load("speed")
+    if data is None or "trainer" not in data:
+        return []
+    t = data["trainer"]
+    lines = [
+        "### Training step: stock Trainer + PEFT vs ours (`benchmarks/speed.py`)",
+        f"SmolLM2-135M-Instruct, the recipe's fine-tuning batches ({t['batch']} x {t['mean_tokens_per_example']:.0f} "
+        f"tokens on average), {t['new_tokens']} new tokens, vocabulary {t['vocab']}; {data['machine']}; medians over "
+        f"{t['rounds']} interleaved rounds; {data['date']}.",
+        "",
+        "| arm | median s/step | speed-up vs stock |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {r['median_s']:.2f} | {r['speedup_vs_stock']:.2f}x |" for k, r in t["rows"].items()]
+    loss = ", ".join(f"{k} {x:.4f}" for k, x in t["first_batch_loss"].items())
+    return lines + ["", f"Loss of the same first batch from the same init: {loss}.", ""]
+
+
 def new_token_layers() -> list[str]:
     data = _load("new_token_layers")
     if data is None:
@@ -123,8 +160,114 @@ def format_curves(results: dict) -> str:
     return "\n".join(lines)
 
 
+METRICS = ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20")
+
+
+def _by_arm(results: dict) -> dict[str, list[dict]]:
+    arms: dict[str, list[dict]] = {}
+    for key, run in results["runs"].items():
+        arms.setdefault(key.split("/")[0], []).append(run)
+    return arms
+
+
+def _spread(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:.4f}" + (f" ±{(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else "")
+
+
+def format_quality(results: dict) -> str:
+    """Markdown: metrics per arm (mean over seeds, ± half the seed range), geometry, costs, bootstrap, budget curve."""
+    head = ["arm", "seeds", *METRICS, "cov@20", "top-1", "hit@10 grounded", "hit@10 final"]
+    head += ["eff. rank start/grounded/final", "mean cos final", "RSA final", "ground s/step", "FT steps", "FT s/step"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    arms = _by_arm(results)
+    for arm, runs in arms.items():
+        m = [r["metrics"]["model"] for r in runs]
+        geo = runs[0]["geometry"]
+        stages = ("start", "grounded", "finetuned")
+        ranks = "/".join(f"{geo[s]['effective_rank']:.1f}" if s in geo else "-" for s in stages)
+        hit_g = _spread([r["grounded"]["title_to_id_hit@10"] for r in runs]) if "grounded" in runs[0] else "-"
+        ft = runs[0]["finetune"]
+        cells = [arm, str(len(runs)), *(_spread([x[k] for x in m]) for k in METRICS)]
+        cells += [_spread([x["coverage@20"] for x in m]), _spread([x["distinct_top1"] for x in m]), hit_g]
+        cells += [_spread([r["final"]["title_to_id_hit@10"] for r in runs]), ranks]
+        cells += [f"{geo['finetuned']['mean_cosine']:.3f}", f"{geo['finetuned']['rsa_spearman']:.3f}"]
+        g_step = runs[0].get("grounding_seconds_per_step")
+        cells += [f"{g_step:.2f}" if g_step else "-", str(ft["steps"]), f"{ft['seconds'] / max(ft['steps'], 1):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if arms:
+        pop = next(iter(arms.values()))[0]["metrics"]["popularity"]
+        cells = ["popularity", "-", *(f"{pop[k]:.4f}" for k in METRICS), f"{pop['coverage@20']:.4f}"]
+        lines.append("| " + " | ".join(cells + [str(pop["distinct_top1"])] + ["-"] * 8) + " |")
+    lines += [
+        "",
+        "Paired bootstrap (5,000 resamples of the test users; per-user hits averaged over the named seeds):",
+        "",
+    ]
+    for name, b in results["bootstrap"].items():
+        parts = [f"{m} {b[m]['mean']:+.4f} [{b[m]['low']:+.4f}, {b[m]['high']:+.4f}]" for m in METRICS[1::3]]
+        lines.append(f"- {name}: " + "; ".join(parts) + f" ({b['recall@10']['n_users']} users)")
+    curve = _curve_points(results)
+    if curve:
+        lines += ["", "Budget curve (recall@10 / ndcg@10 after N fine-tuning steps):", ""]
+        lines += ["| run | steps | recall@10 | ndcg@10 |", "|---|---|---|---|"]
+        for run, points in curve.items():
+            lines += [f"| {run} | {step} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} |" for step, m in points]
+    return "\n".join(lines)
+
+
+def _curve_points(results: dict) -> dict[str, list[tuple[int, dict]]]:
+    points: dict[str, list[tuple[int, dict]]] = {}
+    for key, metrics in results.get("curve", {}).items():
+        arm, seed, step = key.split("/")
+        points.setdefault(f"{arm}/{seed}", []).append((int(step[4:]), metrics))
+    for key, run in results["runs"].items():
+        arm = key.split("/")[0]
+        name = "mean/" + key.split("/")[1] if arm == "mean_compute_matched" else key
+        if name in points or arm == "mean_compute_matched":
+            points.setdefault(name, []).append((run["finetune"]["steps"], run["metrics"]["model"]))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(points.items())}
+
+
+def plot_quality(results: dict, path: Path) -> None:
+    """Recall@10 / NDCG@10 per arm with every seed, the new rows' spectra, and the budget curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = _by_arm(results)
+    if not arms:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    for offset, metric in ((-0.15, "recall@10"), (0.15, "ndcg@10")):
+        for i, runs in enumerate(arms.values()):
+            values = [r["metrics"]["model"][metric] for r in runs]
+            axes[0].bar(i + offset, sum(values) / len(values), 0.3, color="C0" if offset < 0 else "C1")
+            axes[0].scatter([i + offset] * len(values), values, color="k", s=10, zorder=3)
+    axes[0].set_xticks(range(len(arms)), list(arms), rotation=30, ha="right")
+    axes[0].set_title("recall@10 (blue), ndcg@10 (orange); dots: seeds")
+    for arm, runs in arms.items():
+        s = runs[0]["final"]["singular_values"]
+        axes[1].semilogy([v / s[0] for v in s], label=arm)
+        if "grounded" in runs[0]:
+            g = runs[0]["grounded"]["singular_values"]
+            axes[1].semilogy([v / g[0] for v in g], "--", label=f"{arm} (grounded)")
+    axes[1].set_title("singular values of the new rows (seed 0, normalized)")
+    axes[1].legend(fontsize=7)
+    for run, points in _curve_points(results).items():
+        axes[2].plot([p[0] for p in points], [p[1]["recall@10"] for p in points], "o-", label=run)
+    axes[2].set_xlabel("fine-tuning steps")
+    axes[2].set_title("recall@10 vs fine-tuning budget")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
-    body = [START, "## Results", "", *demo(), *new_token_layers(), *constrained_decoding(), *grounding_curves(), END]
+    sections = [quality(), demo(), speed(), new_token_layers(), constrained_decoding(), grounding_curves()]
+    body = [START, "## Results", "", *[line for section in sections for line in section], END]
     readme = (ROOT / "README.md").read_text()
     block = "\n".join(body)
     if START in readme:

@@ -1,0 +1,224 @@
+"""Speed and memory in one run: our training step against a stock Trainer + PEFT step, and the sub-benchmarks.
+
+    .venv/bin/python benchmarks/speed.py                    # all parts, ~20 min on 2 cores
+    .venv/bin/python benchmarks/speed.py --parts trainer    # one part
+
+Parts (run in this order, each result kept in benchmarks/results/speed.json):
+  trainer   SmolLM2-135M on the recipe's real fine-tuning batches (16 x ~50 tokens), interleaved rounds:
+            stock  = `transformers.Trainer` + PEFT `LoraConfig(trainable_token_indices=new_ids)`, labels -> loss
+                     over the full 49k-token head, fp32 (what a PEFT user writes today);
+            ours   = `AnswerOnlyTrainer` + `GTIConfig`: logits only at answer positions, optimizer state only for
+                     the new rows, fp32 and bf16 autocast (where the CPU has bf16 instructions);
+            plus the grounding step (`gti_peft.ground`, only the new rows train). Same init, so the first batch's
+            loss must agree: it is printed for every arm.
+  layers    benchmarks/new_token_layers.py: LoRA vs TrainableTokens vs GTI step, peak memory and adapter bytes on
+            SmolLM2 and a 128k-vocabulary config (its own JSON: new_token_layers.json).
+  decoding  benchmarks/constrained_decoding.py at the recipe's 20 beams (its own JSON: constrained_decoding.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+from gti_peft import ground
+from gti_peft.recipe.config import load_recipe_config
+from gti_peft.recipe.pipeline import build_model, finetune_examples, load_data, semantic_ids_stage
+from gti_peft.recsys import grounding_pairs
+from gti_peft.templates import DEFAULT_TEMPLATES
+from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (forward, backward, optimizer)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def bf16_supported() -> bool:
+    return torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported()
+
+
+def stock_model(config, tokenizer, new_ids: list[int]):
+    """The base resized, new rows at the mean of the old rows (as GTI's `init="mean"`), PEFT LoRA + TrainableTokens."""
+    from gti_peft.offline_assets import resolve
+
+    base = AutoModelForCausalLM.from_pretrained(resolve(config.model.name_or_path), dtype=torch.float32)
+    old = base.get_input_embeddings().weight.shape[0]
+    base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        weight = base.get_input_embeddings().weight
+        weight[old:] = weight[:old].mean(0)
+    a = config.adapter
+    lora = LoraConfig(
+        r=a.r,
+        lora_alpha=a.lora_alpha,
+        lora_dropout=a.lora_dropout,
+        target_modules=a.target_modules,
+        trainable_token_indices=new_ids,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+def trainer_part(args) -> dict:
+    config = load_recipe_config(CONFIG, ["output.output_dir=outputs/benchmarks/speed"])
+    data = load_data(config)
+    out = Path(config.output.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from accelerate import PartialState
+
+    sids = semantic_ids_stage(config, data, out, PartialState())
+    torch.manual_seed(0)
+    tokenizer, gti = build_model(config, sids, data, None)
+    new_ids = tokenizer.convert_tokens_to_ids(sids.vocabulary())
+    torch.manual_seed(0)
+    stock = stock_model(config, tokenizer, new_ids)
+    train = finetune_examples(config, tokenizer, sids, data)
+    collator = answer_collator(tokenizer)
+    batch = collator([train[i] for i in range(config.finetune.batch_size)])
+
+    losses = {}
+    with torch.no_grad():
+        stock.eval()
+        gti.eval()
+        losses["stock fp32"] = stock(**batch).loss.item()
+        losses["ours fp32"] = answer_loss(gti, batch).item()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()):
+            losses["ours bf16"] = answer_loss(gti, batch).item()
+    print("first-batch loss:", losses, flush=True)
+
+    pairs = grounding_pairs(data.items, sids)
+    templates = [t for t in DEFAULT_TEMPLATES if t.name in set(config.grounding.templates or [])] or None
+    bf16 = bf16_supported()
+    arms = {
+        "stock Trainer + PEFT TrainableTokens, fp32": (Trainer, stock, False),
+        "ours (GTI + answer-only logits), fp32": (AnswerOnlyTrainer, gti, False),
+        "ours (GTI + answer-only logits), bf16": (AnswerOnlyTrainer, gti, True),
+    }
+    if not bf16:
+        arms.pop("ours (GTI + answer-only logits), bf16")
+    times = {name: [] for name in [*arms, "grounding step (ours)"]}
+    tmp = tempfile.mkdtemp(prefix="gti-speed-")
+    common = {
+        "output_dir": tmp,
+        "per_device_train_batch_size": config.finetune.batch_size,
+        "max_steps": args.steps_per_round,
+        "learning_rate": 1e-4,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_strategy": "no",
+        "remove_unused_columns": False,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+    for round_ in range(args.rounds):
+        names = list(times)
+        names = names[round_ % len(names) :] + names[: round_ % len(names)]  # rotate the order every round
+        for name in names:
+            timer = StepTimer()
+            if name == "grounding step (ours)":
+                options = {k: v for k, v in common.items() if k != "logging_strategy"}
+                options |= {"bf16": bf16, "learning_rate": config.grounding.learning_rate}
+                ground(gti, tokenizer, pairs, templates, eval_examples_per_template=1, callbacks=[timer], **options)
+            else:
+                trainer_cls, model, use_bf16 = arms[name]
+                model.train()
+                trainer = trainer_cls(
+                    model=model,
+                    args=TrainingArguments(**common, bf16=use_bf16),
+                    train_dataset=train,
+                    data_collator=collator,
+                    callbacks=[timer],
+                )
+                trainer.train()
+            times[name] += timer.times[1:]  # the first step of a round builds the optimizer state
+            print(f"round {round_}: {name}: {statistics.median(timer.times[1:]):.2f} s/step", flush=True)
+    stock_median = statistics.median(times["stock Trainer + PEFT TrainableTokens, fp32"])
+    rows = {
+        name: {
+            "median_s": statistics.median(t),
+            "steps": len(t),
+            "speedup_vs_stock": stock_median / statistics.median(t),
+        }
+        for name, t in times.items()
+    }
+    shapes = [len(train[i]["input_ids"]) for i in range(len(train))]
+    return {
+        "rows": rows,
+        "first_batch_loss": losses,
+        "bf16_instructions": bf16,
+        "batch": config.finetune.batch_size,
+        "mean_tokens_per_example": sum(shapes) / len(shapes),
+        "vocab": len(tokenizer),
+        "new_tokens": len(new_ids),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+    }
+
+
+def subprocess_part(script: str, extra: list[str]) -> dict:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *extra], check=True)
+    name = script.removesuffix(".py")
+    return {"json": f"benchmarks/results/{name}.json", "wall_s": time.perf_counter() - start, "args": extra}
+
+
+def _machine() -> str:
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{torch.get_num_threads()} CPU threads ({platform.machine()}, {capability}, bf16: {bf16_supported()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="trainer,layers,decoding")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps-per-round", type=int, default=4, help="the first of each round is not timed")
+    parser.add_argument("--out", default=str(RESULTS / "speed.json"))
+    args = parser.parse_args()
+    path = Path(args.out)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results |= {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    for part in args.parts.split(","):
+        if part == "trainer":
+            results["trainer"] = trainer_part(args)
+        elif part == "layers":
+            results["layers"] = subprocess_part("new_token_layers.py", [])
+        elif part == "decoding":
+            results["decoding"] = subprocess_part("constrained_decoding.py", ["--num-beams", "20", "--users", "40"])
+        else:
+            raise ValueError(f"--parts has unknown part {part!r}; known: trainer, layers, decoding.")
+        path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results.get("trainer", {}).get("rows", {}), indent=2))
+
+
+if __name__ == "__main__":
+    main()
