@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import torch
 from render_results import format_quality, plot_quality
+
+from gti_peft.recsys import paired_bootstrap, per_user_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {
@@ -121,17 +122,8 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     return result
 
 
-def per_user_hits(rankings: dict, targets: dict, k: int) -> dict[str, tuple[float, float]]:
-    """user -> (recall@k, ndcg@k) for one user's ranked list."""
-    hits = {}
-    for user, ranking in rankings.items():
-        top = ranking[:k]
-        rank = top.index(targets[user]) if targets[user] in top else None
-        hits[user] = (float(rank is not None), 1 / math.log2(rank + 2) if rank is not None else 0.0)
-    return hits
-
-
 def load_hits(folder: Path, k: int = 10) -> dict[str, tuple[float, float]]:
+    """user -> (recall@k, ndcg@k) from a recipe run's rankings.json."""
     rankings = json.loads((folder / "rankings.json").read_text())
     targets = {u: r["target"] for u, r in rankings.items()}
     return per_user_hits({u: r["ranking"] for u, r in rankings.items()}, targets, k)
@@ -143,16 +135,6 @@ def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:
     return {u: tuple(sum(r[u][m] for r in runs) / len(runs) for m in (0, 1)) for u in users}
 
 
-def paired_bootstrap(a: dict, b: dict, metric: int, samples: int = 5000, seed: int = 0) -> dict:
-    """95% interval of mean(b - a) over the same users (metric 0: recall, 1: ndcg)."""
-    users = sorted(set(a) & set(b))
-    diffs = torch.tensor([b[u][metric] - a[u][metric] for u in users], dtype=torch.float64)
-    draws = torch.randint(len(users), (samples, len(users)), generator=torch.Generator().manual_seed(seed))
-    means = diffs[draws].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"mean": diffs.mean().item(), "low": low, "high": high, "n_users": len(users)}
-
-
 def compare(results: dict, out_root: Path, a: str, b: str, seeds: list[int]) -> dict | None:
     """Paired bootstrap of arm b minus arm a on recall@10 and ndcg@10, per-user hits averaged over `seeds`."""
     folders = [(out_root / f"{a}-seed{s}", out_root / f"{b}-seed{s}") for s in seeds]
@@ -160,11 +142,10 @@ def compare(results: dict, out_root: Path, a: str, b: str, seeds: list[int]) -> 
         return None
     ha = average_hits([load_hits(fa) for fa, _ in folders])
     hb = average_hits([load_hits(fb) for _, fb in folders])
-    return {
-        "seeds": seeds,
-        "recall@10": paired_bootstrap(ha, hb, 0),
-        "ndcg@10": paired_bootstrap(ha, hb, 1),
-    }
+    result = {"seeds": seeds}
+    for i, metric in enumerate(("recall@10", "ndcg@10")):
+        result[metric] = paired_bootstrap({u: h[i] for u, h in ha.items()}, {u: h[i] for u, h in hb.items()})
+    return result
 
 
 def main() -> None:

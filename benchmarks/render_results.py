@@ -101,7 +101,8 @@ def demo() -> list[str]:
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
     return [
         "### `make demo` (SmolLM2-135M + MovieLens-100k on 2 CPU cores)",
-        f"Wall time {data['wall_seconds'] / 60:.1f} min ({timings}); {data['date']}.",
+        f"Wall time {data['wall_seconds'] / 60:.1f} min ({timings}); {data['date']}. Grounding: "
+        f"{data['grounding']['steps']} steps over {', '.join(data['grounding']['template_loss_before'])}.",
         "",
         data["table"].strip(),
         "",
@@ -176,29 +177,32 @@ def _spread(values: list[float]) -> str:
 
 
 def format_quality(results: dict) -> str:
-    """Markdown: metrics per arm (mean over seeds, ± half the seed range), geometry, costs, bootstrap, budget curve."""
-    head = ["arm", "seeds", *METRICS, "cov@20", "top-1", "hit@10 grounded", "hit@10 final"]
-    head += ["eff. rank start/grounded/final", "mean cos final", "RSA final", "ground s/step", "FT steps", "FT s/step"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    """Markdown: metrics per arm (mean over seeds, ± half the seed range), geometry and costs, bootstrap, budget."""
     arms = _by_arm(results)
+    head = ["arm", "seeds", *METRICS, "cov@20", "top-1", "hit@10 grounded", "hit@10 final"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for arm, runs in arms.items():
         m = [r["metrics"]["model"] for r in runs]
-        geo = runs[0]["geometry"]
-        stages = ("start", "grounded", "finetuned")
-        ranks = "/".join(f"{geo[s]['effective_rank']:.1f}" if s in geo else "-" for s in stages)
         hit_g = _spread([r["grounded"]["title_to_id_hit@10"] for r in runs]) if "grounded" in runs[0] else "-"
-        ft = runs[0]["finetune"]
         cells = [arm, str(len(runs)), *(_spread([x[k] for x in m]) for k in METRICS)]
         cells += [_spread([x["coverage@20"] for x in m]), _spread([x["distinct_top1"] for x in m]), hit_g]
-        cells += [_spread([r["final"]["title_to_id_hit@10"] for r in runs]), ranks]
-        cells += [f"{geo['finetuned']['mean_cosine']:.3f}", f"{geo['finetuned']['rsa_spearman']:.3f}"]
-        g_step = runs[0].get("grounding_seconds_per_step")
-        cells += [f"{g_step:.2f}" if g_step else "-", str(ft["steps"]), f"{ft['seconds'] / max(ft['steps'], 1):.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells + [_spread([r["final"]["title_to_id_hit@10"] for r in runs])]) + " |")
     if arms:
         pop = next(iter(arms.values()))[0]["metrics"]["popularity"]
         cells = ["popularity", "-", *(f"{pop[k]:.4f}" for k in METRICS), f"{pop['coverage@20']:.4f}"]
-        lines.append("| " + " | ".join(cells + [str(pop["distinct_top1"])] + ["-"] * 8) + " |")
+        lines.append("| " + " | ".join([*cells, str(pop["distinct_top1"]), "-", "-"]) + " |")
+    lines += ["", "New rows (seed 0) at start / after grounding / after fine-tuning, and what each stage cost:", ""]
+    head = ["arm", "eff. rank", "mean cos", "RSA to codebook (Spearman)", "ground s/step", "FT steps", "FT s/step"]
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for arm, runs in arms.items():
+        geo, ft = runs[0]["geometry"], runs[0]["finetune"]
+        stages = [geo.get(s) for s in ("start", "grounded", "finetuned")]
+        cells = [arm]
+        for key, fmt in (("effective_rank", ".1f"), ("mean_cosine", ".3f"), ("rsa_spearman", ".3f")):
+            cells.append(" / ".join(format(g[key], fmt) if g else "-" for g in stages))
+        g_step = runs[0].get("grounding_seconds_per_step")
+        cells += [f"{g_step:.2f}" if g_step else "-", str(ft["steps"]), f"{ft['seconds'] / max(ft['steps'], 1):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Paired bootstrap (5,000 resamples of the test users; per-user hits averaged over the named seeds):",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -8,6 +9,8 @@ from gti_peft.recsys.metrics import (
     evaluate_rankings,
     format_metrics_table,
     ndcg_at_k,
+    paired_bootstrap,
+    per_user_hits,
     recall_at_k,
     target_ranks,
 )
@@ -101,3 +104,34 @@ def test_format_metrics_table():
     assert len({len(line) for line in lines}) == 1  # columns aligned
     with pytest.raises(ValueError, match="`named` is empty"):
         format_metrics_table({})
+
+
+def test_per_user_hits_average_to_the_metrics():
+    users = [f"u{i}" for i in range(len(RANKINGS))]
+    hits = per_user_hits(dict(zip(users, RANKINGS)), dict(zip(users, TARGETS)), 3)
+    assert sum(h[0] for h in hits.values()) / len(hits) == recall_at_k(RANKINGS, TARGETS, 3)
+    assert math.isclose(sum(h[1] for h in hits.values()) / len(hits), ndcg_at_k(RANKINGS, TARGETS, 3))
+    assert hits["u1"] == (1.0, 1 / math.log2(4)) and hits["u3"] == (0.0, 0.0)  # rank 2 in, rank 3 out of top 3
+    with pytest.raises(ValueError, match="no target for users"):
+        per_user_hits({"x": ["a"]}, {}, 1)
+
+
+def test_paired_bootstrap_known_answers():
+    a = {u: float(u % 2) for u in range(200)}
+    same = paired_bootstrap(a, a)
+    assert same["mean"] == same["low"] == same["high"] == 0.0
+    shifted = paired_bootstrap(a, {u: v + 0.25 for u, v in a.items()})  # every user gains 0.25: no spread
+    assert math.isclose(shifted["low"], 0.25) and math.isclose(shifted["high"], 0.25)
+    # b is a coin flip per user, unrelated to a: the interval holds the mean and is about +-2 standard errors
+    coin = {u: float((u * 7919) % 3 == 0) for u in range(200)}
+    result = paired_bootstrap(a, coin, seed=1)
+    diffs = [coin[u] - a[u] for u in a]
+    se = statistics.pstdev(diffs) / math.sqrt(len(diffs))
+    assert result["low"] < result["mean"] < result["high"]
+    assert math.isclose(result["high"] - result["low"], 2 * 1.96 * se, rel_tol=0.15)
+    assert paired_bootstrap(a, coin, seed=1) == result  # seeded
+    assert paired_bootstrap({"x": 1.0, "y": 0.0}, {"y": 1.0})["n_users"] == 1  # only shared users count
+    with pytest.raises(ValueError, match="share no user"):
+        paired_bootstrap({"x": 1.0}, {"y": 1.0})
+    with pytest.raises(ValueError, match="level=1.5"):
+        paired_bootstrap(a, a, level=1.5)

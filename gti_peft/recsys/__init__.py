@@ -17,7 +17,15 @@ from .data import (
     training_examples,
     user_histories,
 )
-from .metrics import evaluate_rankings, format_metrics_table, ndcg_at_k, recall_at_k, target_ranks
+from .metrics import (
+    evaluate_rankings,
+    format_metrics_table,
+    ndcg_at_k,
+    paired_bootstrap,
+    per_user_hits,
+    recall_at_k,
+    target_ranks,
+)
 from .semantic_ids import DEFAULT_ENCODER, SemanticIDs, embed_texts, residual_kmeans
 from .trie import ItemTrie
 
@@ -41,6 +49,8 @@ __all__ = [
     "load_items",
     "load_movielens_100k",
     "ndcg_at_k",
+    "paired_bootstrap",
+    "per_user_hits",
     "popularity_ranking",
     "recall_at_k",
     "recommendation_messages",

@@ -107,3 +107,38 @@ def format_metrics_table(named: Mapping[str, Mapping[str, float]], digits: int =
         + "|",
     )
     return "\n".join(lines)
+
+
+def per_user_hits(
+    rankings: Mapping[Hashable, Sequence[Hashable]], targets: Mapping[Hashable, Hashable], k: int
+) -> dict[Hashable, tuple[float, float]]:
+    """user -> (recall@k, ndcg@k) terms of that one user: their means over users are `recall_at_k` / `ndcg_at_k`."""
+    _check_k(k)
+    users = list(rankings)
+    missing = [u for u in users if u not in targets]
+    if missing:
+        raise ValueError(f"`targets` has no target for users {missing[:5]}: pass one target per ranked user.")
+    ranks = target_ranks([rankings[u] for u in users], [targets[u] for u in users])
+    return {u: (_recall([r], k), _ndcg([r], k)) for u, r in zip(users, ranks)}
+
+
+def paired_bootstrap(
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], samples: int = 5000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Mean of `b[u] - a[u]` over the users both have, with a percentile bootstrap interval (users resampled).
+
+    Pairing by user removes the between-user variance that two independent intervals would carry.
+    """
+    import torch
+
+    users = [u for u in a if u in b]
+    if not users:
+        raise ValueError("`a` and `b` share no user: compare two systems evaluated on the same users.")
+    if not 0 < level < 1 or samples < 1:
+        raise ValueError(f"`level` must lie in (0, 1) and `samples` >= 1, got level={level!r}, samples={samples!r}.")
+    diffs = torch.tensor([float(b[u]) - float(a[u]) for u in users], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    means = diffs[torch.randint(len(users), (samples, len(users)), generator=generator)].mean(1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return {"mean": diffs.mean().item(), "low": low, "high": high, "n_users": len(users)}
