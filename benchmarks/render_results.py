@@ -172,8 +172,8 @@ def _by_arm(results: dict) -> dict[str, list[dict]]:
 
 
 def _spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.4f}" + (f" ±{(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else "")
+    mean, digits = sum(values) / len(values), 1 if all(isinstance(v, int) for v in values) else 4
+    return f"{mean:.{digits}f}" + (f" ±{(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else "")
 
 
 def format_quality(results: dict) -> str:
@@ -213,7 +213,12 @@ def format_quality(results: dict) -> str:
         lines.append(f"- {name}: " + "; ".join(parts) + f" ({b['recall@10']['n_users']} users)")
     curve = _curve_points(results)
     if curve:
-        lines += ["", "Budget curve (recall@10 / ndcg@10 after N fine-tuning steps):", ""]
+        lines += [
+            "",
+            "Budget curve (recall@10 / ndcg@10 after N fine-tuning steps; step 0 of GTI = grounded only; mean's last "
+            "point is the compute-matched run: same seed and constant schedule, so its first steps are mean's):",
+            "",
+        ]
         lines += ["| run | steps | recall@10 | ndcg@10 |", "|---|---|---|---|"]
         for run, points in curve.items():
             lines += [f"| {run} | {step} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} |" for step, m in points]
