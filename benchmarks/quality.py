@@ -119,7 +119,7 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
             model, tokenizer, data.split.test, sids.to_dict(), data.split.train, config.evaluation, len(data.items)
         )
         result["metrics"] = metrics["model"]
-        result["rankings"] = {u: r for u, r in metrics["rankings"].items()}
+        result["rankings"] = dict(metrics["rankings"])
     cache.write_text(json.dumps(result))
     return result
 
@@ -133,7 +133,7 @@ def load_hits(folder: Path, k: int = 10) -> dict[str, tuple[float, float]]:
 
 def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:
     """Per-user hits averaged over seeds (users every run has)."""
-    users = set.intersection(*(set(r) for r in runs))
+    users = sorted(set.intersection(*(set(r) for r in runs)))  # a fixed order: the bootstrap is reproducible
     return {u: tuple(sum(r[u][m] for r in runs) / len(runs) for m in (0, 1)) for u in users}
 
 
@@ -179,8 +179,7 @@ def main() -> None:
         "bootstrap": {},
     }
     for name in wanted:
-        seeds = profile["compute_matched_seeds"] if name == "mean_compute_matched" else profile["seeds"]
-        for seed in seeds if name in SEEDED_ARMS or name == "mean_compute_matched" else seeds[:1]:
+        for seed in _arm_seeds(profile, name):
             extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
             if extra is None:
                 continue
@@ -197,7 +196,7 @@ def main() -> None:
                     results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
             results["runs"][f"{name}/seed{seed}"] = summary
             print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-            _write(results, path, out_root)
+            _write(results, path, out_root, profile["seeds"])
     for name in SEEDED_ARMS:
         for seed in profile["curve_seeds"]:
             folder = out_root / f"{name}-seed{seed}" / "checkpoints-finetune"
@@ -209,8 +208,8 @@ def main() -> None:
                 if step < config.finetune.max_steps:
                     point = probe(config, checkpoint, profile["probe_items"], True)
                     results["curve"][f"{name}/seed{seed}/step{step}"] = point["metrics"]
-            _write(results, path, out_root)
-    _write(results, path, out_root)
+            _write(results, path, out_root, profile["seeds"])
+    _write(results, path, out_root, profile["seeds"])
     print(format_quality(results), flush=True)
 
 
@@ -224,12 +223,19 @@ def _compute_matched_steps(results: dict) -> list[str] | None:
     return [f"finetune.max_steps={steps}"]
 
 
-def _write(results: dict, path: Path, out_root: Path) -> None:
-    for seeds in ([0], [1], [0, 1]):
+def _arm_seeds(profile: dict, name: str) -> list[int]:
+    if name == "mean_compute_matched":
+        return profile["compute_matched_seeds"]
+    return profile["seeds"] if name in SEEDED_ARMS else profile["seeds"][:1]
+
+
+def _write(results: dict, path: Path, out_root: Path, seeds: list[int]) -> None:
+    """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG."""
+    for group in [*([s] for s in seeds), seeds]:
         for a, b in (("mean", "gti_mean"), ("mean_compute_matched", "gti_mean"), ("mean", "gti_description")):
-            comparison = compare(results, out_root, a, b, seeds)
+            comparison = compare(results, out_root, a, b, group)
             if comparison is not None:
-                results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, seeds))})"] = comparison
+                results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     path.with_suffix(".md").write_text(format_quality(results) + "\n")

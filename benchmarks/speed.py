@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/speed.py --parts trainer    # one part
 
 Parts (run in this order, each result kept in benchmarks/results/speed.json):
-  trainer   SmolLM2-135M on the recipe's real fine-tuning batches (16 x ~50 tokens), interleaved rounds:
+  trainer   SmolLM2-135M on the recipe's real fine-tuning batches (16 x ~77 tokens), interleaved rounds:
             stock  = `transformers.Trainer` + PEFT `LoraConfig(trainable_token_indices=new_ids)`, labels -> loss
                      over the full 49k-token head, fp32 (what a PEFT user writes today);
             ours   = `AnswerOnlyTrainer` + `GTIConfig`: logits only at answer positions, optimizer state only for
@@ -32,13 +32,19 @@ import peft
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from gti_peft import ground
 from gti_peft.recipe.config import load_recipe_config
-from gti_peft.recipe.pipeline import build_model, finetune_examples, load_data, semantic_ids_stage
+from gti_peft.recipe.pipeline import (
+    build_model,
+    finetune_examples,
+    grounding_templates,
+    load_base,
+    load_data,
+    semantic_ids_stage,
+)
 from gti_peft.recsys import grounding_pairs
-from gti_peft.templates import DEFAULT_TEMPLATES
 from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +71,7 @@ def bf16_supported() -> bool:
 
 def stock_model(config, tokenizer, new_ids: list[int]):
     """The base resized, new rows at the mean of the old rows (as GTI's `init="mean"`), PEFT LoRA + TrainableTokens."""
-    from gti_peft.offline_assets import resolve
-
-    base = AutoModelForCausalLM.from_pretrained(resolve(config.model.name_or_path), dtype=torch.float32)
+    _, base = load_base(config)
     old = base.get_input_embeddings().weight.shape[0]
     base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
@@ -102,19 +106,19 @@ def trainer_part(args) -> dict:
     collator = answer_collator(tokenizer)
     batch = collator([train[i] for i in range(config.finetune.batch_size)])
 
+    bf16 = bf16_supported()
     losses = {}
     with torch.no_grad():
         stock.eval()
         gti.eval()
         losses["stock fp32"] = stock(**batch).loss.item()
         losses["ours fp32"] = answer_loss(gti, batch).item()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             losses["ours bf16"] = answer_loss(gti, batch).item()
     print("first-batch loss:", losses, flush=True)
 
     pairs = grounding_pairs(data.items, sids)
-    templates = [t for t in DEFAULT_TEMPLATES if t.name in set(config.grounding.templates or [])] or None
-    bf16 = bf16_supported()
+    templates = grounding_templates(config)
     arms = {
         "stock Trainer + PEFT TrainableTokens, fp32": (Trainer, stock, False),
         "ours (GTI + answer-only logits), fp32": (AnswerOnlyTrainer, gti, False),

@@ -115,7 +115,8 @@ def _description_ids(tokenizer, sids: SemanticIDs, vocab: list[str], data: RecDa
     return description_token_ids(tokenizer, texts)
 
 
-def _load_base(config: RecipeConfig):
+def load_base(config: RecipeConfig):
+    """The recipe's base model (4-bit when asked) and its resolved path."""
     path = offline_assets.resolve(config.model.name_or_path)
     if config.model.load_in_4bit:
         model = load_4bit_causal_lm(path, compute_dtype=getattr(torch, config.model.dtype))
@@ -129,7 +130,7 @@ def _load_base(config: RecipeConfig):
 
 def build_model(config: RecipeConfig, sids: SemanticIDs, data: RecData, resume_from: Path | None):
     """The base + GTI adapter: a fresh one, or the latest saved stage's adapter when resuming."""
-    path, base = _load_base(config)
+    path, base = load_base(config)
     if resume_from is not None:
         tokenizer = AutoTokenizer.from_pretrained(resume_from)
         model = PeftModel.from_pretrained(base, resume_from, is_trainable=True)
@@ -191,15 +192,19 @@ def _last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def grounding_templates(config: RecipeConfig) -> list:
+    """The templates `grounding.templates` names (all of `DEFAULT_TEMPLATES` when it names none)."""
+    names = set(config.grounding.templates or [t.name for t in DEFAULT_TEMPLATES])
+    return [t for t in DEFAULT_TEMPLATES if t.name in names]
+
+
 def ground_stage(config, model, tokenizer, sids, data, out: Path):
     checkpoints = out / "checkpoints-ground"
-    names = set(config.grounding.templates or [t.name for t in DEFAULT_TEMPLATES])
-    templates = [t for t in DEFAULT_TEMPLATES if t.name in names]
     report = ground(
         model,
         tokenizer,
         grounding_pairs(data.items, sids),
-        templates,
+        grounding_templates(config),
         max_length=config.data.max_length,
         reference=_codebook_reference(sids, model),
         resume_from_checkpoint=_last_checkpoint(checkpoints),
