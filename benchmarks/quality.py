@@ -29,11 +29,11 @@ PROFILES = {
     "cpu": {
         "config": "recipes/smollm2-135m/movielens.yaml",
         "seeds": [0, 1],
-        "compute_matched_seeds": [0],
+        "compute_matched_seeds": [0, 1],
         "curve_seeds": [0],  # budget-curve checkpoints evaluated for mean and gti_mean
         # Cut to fit 2 hours on 2 cores: 300 test users (the first 300, fixed), 100 grounding + 100 fine-tuning
         # steps at batch 16 (1,600 of the 4,000 training windows), history 5. bf16 autocast: this CPU has AMX-bf16
-        # (1.3x a fp32 step, measured); the rows and the optimizer stay fp32.
+        # (1.18x a fp32 step, benchmarks/results/speed.json); the rows and the optimizer stay fp32.
         "overrides": [
             "evaluation.max_users=300",
             "grounding.max_steps=100",
@@ -41,6 +41,7 @@ PROFILES = {
             "finetune.max_steps=100",
             "finetune.save_steps=50",
             "finetune.bf16=true",
+            "evaluation.bf16=true",
         ],
         "probe_items": 150,
     },
@@ -102,8 +103,11 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     from gti_peft.recsys import grounding_pairs
 
     cache = folder / "quality_probe.json"
-    if cache.exists() and (not evaluate_users or "metrics" in json.loads(cache.read_text())):
-        return json.loads(cache.read_text())
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        same_precision = cached.get("evaluation_bf16", False) == config.evaluation.bf16
+        if not evaluate_users or ("metrics" in cached and same_precision):
+            return cached
     data = load_data(config)
     sids = semantic_ids_stage(config, data, Path(config.output.output_dir), PartialState())
     tokenizer, model = build_model(config, sids, data, folder)
@@ -119,6 +123,7 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
             model, tokenizer, data.split.test, sids.to_dict(), data.split.train, config.evaluation, len(data.items)
         )
         result["metrics"] = metrics["model"]
+        result["evaluation_bf16"] = config.evaluation.bf16
         result["rankings"] = dict(metrics["rankings"])
     cache.write_text(json.dumps(result))
     return result

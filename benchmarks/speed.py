@@ -10,7 +10,9 @@ Parts (run in this order, each result kept in benchmarks/results/speed.json):
             ours   = `AnswerOnlyTrainer` + `GTIConfig`: logits only at answer positions, optimizer state only for
                      the new rows, fp32 and bf16 autocast (where the CPU has bf16 instructions);
             plus the grounding step (`gti_peft.ground`, only the new rows train). Same init, so the first batch's
-            loss must agree: it is printed for every arm.
+            loss must agree: it is printed for every arm. The recipe's lora_dropout (0.05) costs a large share of
+            a CPU step (random masks for every LoRA input), so a second stock/ours pair runs with lora_dropout 0:
+            each arm's speed-up is against the stock arm at the same LoRA settings.
   layers    benchmarks/new_token_layers.py: LoRA vs TrainableTokens vs GTI step, peak memory and adapter bytes on
             SmolLM2 and a 128k-vocabulary config (its own JSON: new_token_layers.json).
   decoding  benchmarks/constrained_decoding.py at the recipe's 20 beams (its own JSON: constrained_decoding.json).
@@ -50,6 +52,7 @@ from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
+STOCK = "stock Trainer + PEFT TrainableTokens, fp32"
 
 
 class StepTimer(TrainerCallback):
@@ -97,11 +100,15 @@ def trainer_part(args) -> dict:
     from accelerate import PartialState
 
     sids = semantic_ids_stage(config, data, out, PartialState())
-    torch.manual_seed(0)
-    tokenizer, gti = build_model(config, sids, data, None)
-    new_ids = tokenizer.convert_tokens_to_ids(sids.vocabulary())
-    torch.manual_seed(0)
-    stock = stock_model(config, tokenizer, new_ids)
+    no_dropout = load_recipe_config(CONFIG, ["output.output_dir=outputs/benchmarks/speed", "adapter.lora_dropout=0.0"])
+    models = {}
+    for key, cfg in (("dropout", config), ("no dropout", no_dropout)):
+        torch.manual_seed(0)
+        tokenizer, gti = build_model(cfg, sids, data, None)
+        new_ids = tokenizer.convert_tokens_to_ids(sids.vocabulary())
+        torch.manual_seed(0)
+        models[key] = (stock_model(cfg, tokenizer, new_ids), gti)
+    stock, gti = models["dropout"]
     train = finetune_examples(config, tokenizer, sids, data)
     collator = answer_collator(tokenizer)
     batch = collator([train[i] for i in range(config.finetune.batch_size)])
@@ -119,13 +126,17 @@ def trainer_part(args) -> dict:
 
     pairs = grounding_pairs(data.items, sids)
     templates = grounding_templates(config)
+    stock_name, stock0_name = STOCK, f"{STOCK}, lora_dropout 0"
+    # name: (trainer class, model, bf16, the stock arm at the same LoRA settings)
     arms = {
-        "stock Trainer + PEFT TrainableTokens, fp32": (Trainer, stock, False),
-        "ours (GTI + answer-only logits), fp32": (AnswerOnlyTrainer, gti, False),
-        "ours (GTI + answer-only logits), bf16": (AnswerOnlyTrainer, gti, True),
+        stock_name: (Trainer, stock, False, stock_name),
+        "ours (GTI + answer-only logits), fp32": (AnswerOnlyTrainer, gti, False, stock_name),
+        "ours (GTI + answer-only logits), bf16": (AnswerOnlyTrainer, gti, True, stock_name),
+        stock0_name: (Trainer, models["no dropout"][0], False, stock0_name),
+        "ours, bf16, lora_dropout 0": (AnswerOnlyTrainer, models["no dropout"][1], True, stock0_name),
     }
     if not bf16:
-        arms.pop("ours (GTI + answer-only logits), bf16")
+        arms = {name: arm for name, arm in arms.items() if not arm[2]}
     times = {name: [] for name in [*arms, "grounding step (ours)"]}
     tmp = tempfile.mkdtemp(prefix="gti-speed-")
     common = {
@@ -150,7 +161,7 @@ def trainer_part(args) -> dict:
                 options |= {"bf16": bf16, "learning_rate": config.grounding.learning_rate}
                 ground(gti, tokenizer, pairs, templates, eval_examples_per_template=1, callbacks=[timer], **options)
             else:
-                trainer_cls, model, use_bf16 = arms[name]
+                trainer_cls, model, use_bf16, _ = arms[name]
                 model.train()
                 trainer = trainer_cls(
                     model=model,
@@ -162,15 +173,15 @@ def trainer_part(args) -> dict:
                 trainer.train()
             times[name] += timer.times[1:]  # the first step of a round builds the optimizer state
             print(f"round {round_}: {name}: {statistics.median(timer.times[1:]):.2f} s/step", flush=True)
-    stock_median = statistics.median(times["stock Trainer + PEFT TrainableTokens, fp32"])
-    rows = {
-        name: {
+    rows = {}
+    for name, t in times.items():
+        baseline = arms[name][3] if name in arms else stock_name
+        rows[name] = {
             "median_s": statistics.median(t),
             "steps": len(t),
-            "speedup_vs_stock": stock_median / statistics.median(t),
+            "vs": baseline,
+            "speedup_vs_stock": statistics.median(times[baseline]) / statistics.median(t),
         }
-        for name, t in times.items()
-    }
     shapes = [len(train[i]["input_ids"]) for i in range(len(train))]
     return {
         "rows": rows,
@@ -178,6 +189,7 @@ def trainer_part(args) -> dict:
         "bf16_instructions": bf16,
         "batch": config.finetune.batch_size,
         "mean_tokens_per_example": sum(shapes) / len(shapes),
+        "lora_dropout": config.adapter.lora_dropout,
         "vocab": len(tokenizer),
         "new_tokens": len(new_ids),
         "rounds": args.rounds,

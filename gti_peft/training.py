@@ -45,13 +45,40 @@ def answer_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None
     return loss / denominator
 
 
+def release_from_accelerate(model) -> None:
+    """Undo what `accelerate` did to `model` in place when a Trainer prepared it.
+
+    A prepared model keeps its first Trainer's mixed-precision forward (`bf16=True` wraps `forward` in autocast)
+    and a flag that makes every later `prepare` skip it: a second Trainer's `bf16` setting is silently ignored.
+    """
+    original = model.__dict__.pop("_original_forward", None)
+    if original is not None:
+        if getattr(original, "__func__", None) is type(model).forward:
+            model.__dict__.pop("forward", None)  # back to the class's forward
+        else:
+            model.forward = original
+    model.__dict__.pop("_is_accelerate_prepared", None)
+
+
 class AnswerOnlyTrainer(Trainer):
-    """`transformers.Trainer` whose loss computes logits only where labels are set (same loss, less work)."""
+    """`transformers.Trainer` whose loss computes logits only where labels are set (same loss, less work).
+
+    `train()` hands the model back as it came: a later Trainer (grounding, then fine-tuning) gets its own precision.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # our compute_loss divides by the number of answer tokens in the (accumulated, global) batch itself
         self.model_accepts_loss_kwargs = True
+
+    def train(self, *args, **kwargs):
+        model = self.model  # the caller's model: under FSDP, Trainer replaces self.model by the wrapper
+        prepared_before = getattr(model, "_is_accelerate_prepared", False)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if not prepared_before:
+                release_from_accelerate(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = answer_loss(model, inputs, num_items_in_batch)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
 from conftest import llama_config
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from gti_peft import GTIConfig, add_new_tokens, ground, new_token_parameters, new_token_rows
 from gti_peft.offline_assets import smollm2_tokenizer
@@ -88,6 +89,38 @@ def test_fine_tuning_after_grounding_moves_lora_again(tokenizer_and_pairs):
     model(**batch, labels=batch["input_ids"]).loss.backward()
     optimizer.step()
     assert all(not torch.equal(p, lora[n]) for n, p in model.named_parameters() if n in lora)
+
+
+@pytest.mark.parametrize("ground_bf16", [True, False])
+def test_each_trainer_gets_its_own_precision_after_grounding(tokenizer_and_pairs, ground_bf16):
+    """accelerate wraps a prepared model's forward for good; ground() must not leak its bf16 setting."""
+    from gti_peft.templates import encode_prompt_answer
+    from gti_peft.training import AnswerOnlyTrainer, answer_collator
+
+    tokenizer, tokens, pairs = tokenizer_and_pairs
+    model = tiny_gti(tokenizer, tokens)
+    seen = []
+    model.base_model.model.model.layers[0].register_forward_pre_hook(
+        lambda *_: seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    ground(model, tokenizer, pairs, max_steps=1, bf16=ground_bf16, eval_examples_per_template=1)
+    assert True in seen if ground_bf16 else True not in seen  # grounding itself ran at its precision
+    assert "forward" not in model.__dict__ and not getattr(model, "_is_accelerate_prepared", False)
+
+    seen.clear()
+    rows = [encode_prompt_answer(tokenizer, "Which item is called Heat?", "<a_1><b_0><c_3>", 64)] * 4
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        bf16=not ground_bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+    )
+    trainer = AnswerOnlyTrainer(model=model, args=args, train_dataset=rows, data_collator=answer_collator(tokenizer))
+    trainer.train()
+    assert set(seen) == {not ground_bf16}
 
 
 def test_answer_only_loss_matches_the_full_model_loss(tokenizer_and_pairs):

@@ -96,3 +96,29 @@ def test_a_log_where_no_user_has_three_interactions_fails_clearly(tiny_run_files
     config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "out"), [f"data.interactions_path={log}"])
     with pytest.raises(ValueError, match="No user has enough interactions"):
         run_recipe(config)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_evaluation_runs_at_the_precision_evaluation_bf16_names(bf16):
+    import torch
+    from conftest import llama_config
+    from transformers import LlamaForCausalLM
+
+    from gti_peft import add_new_tokens
+    from gti_peft.offline_assets import smollm2_tokenizer
+    from gti_peft.recipe.config import EvalArgs
+    from gti_peft.recipe.evaluation import evaluate_next_item
+
+    tokenizer = smollm2_tokenizer()
+    add_new_tokens(tokenizer, ["<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>"])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(tied=True, vocab=len(tokenizer)))
+    seen = []
+    model.model.layers[0].register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    sids = {f"m{i}": f"<a_{i // 2}><b_{i % 2}>" for i in range(6)}
+    examples = [{"user": "u0", "history": ["m0", "m2"], "target": "m1"}]
+    args = EvalArgs(num_beams=6, top_k=5, max_users=None, batch_size=1, bf16=bf16)
+    result = evaluate_next_item(model, tokenizer, examples, sids, {"u0": ["m0", "m2"]}, args, catalog_size=6)
+    assert len(set(result["rankings"]["u0"])) == 5 and set(result["rankings"]["u0"]) <= set(sids)
+    assert seen and set(seen) == {bf16}
+    assert not torch.is_autocast_enabled("cpu")

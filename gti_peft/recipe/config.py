@@ -81,6 +81,7 @@ class EvalArgs:
     max_users: int | None = field(default=300, metadata={"help": "First N test users (fixed order); None: all."})
     batch_size: int = 8
     split: str = field(default="test", metadata={"help": "'test' (last item) or 'valid' (second to last)."})
+    bf16: bool = field(default=False, metadata={"help": "Beam search under bf16 autocast (GPUs, AMX/AVX512 CPUs)."})
 
 
 @dataclass

@@ -51,7 +51,9 @@ def evaluate_next_item(model, tokenizer, examples, sid_of_item, train_histories,
     ]
     targets = [ex["target"] for ex in examples]
     trie = item_trie(tokenizer, sid_of_item)
-    rankings = rank_items(model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size)
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+        rankings = rank_items(model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size)
     ks = tuple(k for k in (5, 10, 20) if k <= args.top_k)
     popular = popularity_ranking(train_histories, k=args.top_k)
     return {
