@@ -233,11 +233,15 @@ def _curve_points(results: dict) -> dict[str, list[tuple[int, dict]]]:
     for key, metrics in results.get("curve", {}).items():
         arm, seed, step = key.split("/")
         points.setdefault(f"{arm}/{seed}", []).append((int(step[4:]), metrics))
-    for key, run in results["runs"].items():
-        arm = key.split("/")[0]
-        name = "mean/" + key.split("/")[1] if arm == "mean_compute_matched" else key
-        if name in points or arm == "mean_compute_matched":
-            points.setdefault(name, []).append((run["finetune"]["steps"], run["metrics"]["model"]))
+    runs = results["runs"]
+    for key, run in runs.items():  # a compute-matched run is the last point of mean at the same seed
+        if key.startswith("mean_compute_matched/"):
+            points.setdefault("mean/" + key.split("/")[1], []).append(
+                (run["finetune"]["steps"], run["metrics"]["model"])
+            )
+    for key, run in runs.items():  # the final point of every run that has a curve
+        if key in points:
+            points[key].append((run["finetune"]["steps"], run["metrics"]["model"]))
     return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(points.items())}
 
 
