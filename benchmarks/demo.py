@@ -10,13 +10,12 @@ turns into the README's demo section.
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from environment import run_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
@@ -41,11 +40,7 @@ def main() -> None:
     gti, base = (run(name, extra) for name, extra in RUNS.items())
     keep = ("command", "wall_seconds", "metrics", "timings_s", "geometry")
     result = {k: gti[k] for k in (*keep, "table", "grounding", "finetune")}
-    result |= {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{torch.get_num_threads()} CPU threads ({platform.machine()})",
-        "baseline_mean_no_grounding": {k: base[k] for k in keep},
-    }
+    result |= run_environment() | {"baseline_mean_no_grounding": {k: base[k] for k in keep}}
     path = ROOT / "benchmarks" / "results" / "demo-smollm2-movielens.json"
     path.write_text(json.dumps(result, indent=2))
     print(result["table"])

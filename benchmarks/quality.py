@@ -1,6 +1,6 @@
 """GTI against every baseline on MovieLens-100k, through the recipe's own code (one recipe run per arm and seed).
 
-    .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, < 2 h
+    .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, ~2.5 h
     .venv/bin/python benchmarks/quality.py --profile gpu            # Qwen3-0.6B QLoRA, full budget
 
 Every arm shares the semantic IDs, data and fine-tuning budget; only `init` and grounding differ, plus one arm
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
 
-import torch
+from environment import run_environment
 from render_results import format_quality, plot_quality
 
 from gti_peft.recsys import paired_bootstrap, per_user_hits
@@ -176,9 +175,7 @@ def main() -> None:
     results = {
         "profile": args.profile,
         "settings": {**profile, "arms": wanted},
-        "versions": _versions(),
-        "machine": f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()})",
-        "date": time.strftime("%Y-%m-%d"),
+        **run_environment(),
         "runs": {},
         "curve": {},
         "bootstrap": {},
@@ -259,13 +256,6 @@ def _summary(run: dict) -> dict:
         "grounding_steps": grounding.get("steps", 0),
         "grounding_seconds_per_step": grounding.get("seconds_per_step"),
     }
-
-
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import peft
 import torch
-import transformers
+from environment import bf16_supported, run_environment
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -66,10 +64,6 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._start)
-
-
-def bf16_supported() -> bool:
-    return torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported()
 
 
 def stock_model(config, tokenizer, new_ids: list[int]):
@@ -204,11 +198,6 @@ def subprocess_part(script: str, extra: list[str]) -> dict:
     return {"json": f"benchmarks/results/{name}.json", "wall_s": time.perf_counter() - start, "args": extra}
 
 
-def _machine() -> str:
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{torch.get_num_threads()} CPU threads ({platform.machine()}, {capability}, bf16: {bf16_supported()})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="trainer,layers,decoding")
@@ -218,11 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.exists() else {}
-    results |= {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": _machine(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-    }
+    results |= run_environment()
     for part in args.parts.split(","):
         if part == "trainer":
             results["trainer"] = trainer_part(args)
