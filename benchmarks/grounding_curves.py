@@ -25,8 +25,9 @@ from transformers import TrainerCallback, set_seed
 
 from gti_peft import diagnostics, ground, new_token_rows
 from gti_peft.recipe.config import load_recipe_config
+from gti_peft.recipe.data import load_data, semantic_ids_stage
 from gti_peft.recipe.evaluation import code_accuracy, title_to_id_hits
-from gti_peft.recipe.pipeline import build_model, load_data, semantic_ids_stage
+from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
 from gti_peft.templates import PAPER_TEMPLATES
 

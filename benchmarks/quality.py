@@ -1,12 +1,14 @@
 """GTI against every baseline on MovieLens-100k, through the recipe's own code (one recipe run per arm and seed).
 
-    .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, ~2.5 h
+    .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, every arm
+    .venv/bin/python benchmarks/quality.py --profile cpu-long       # 5x the fine-tuning budget, 4 arms, ~3 h
     .venv/bin/python benchmarks/quality.py --profile gpu            # Qwen3-0.6B QLoRA, full budget
 
-Every arm shares the semantic IDs, data and fine-tuning budget; only `init` and grounding differ, plus one arm
-(`mean_compute_matched`) that spends grounding's wall time on extra fine-tuning steps. After each run the adapter
-is probed (title -> ID hit@10, singular values of the new rows), and the budget curve evaluates the fine-tuning
-checkpoints of `mean` and `gti_mean`. Runs resume (each is a recipe output folder, each probe is cached), so
+Every arm shares the semantic IDs, data and fine-tuning budget; only `init`, grounding and continual grounding
+(`gti_mix`: `finetune.grounding_mix`) differ, plus one arm (`mean_compute_matched`) that spends grounding's wall
+time on extra fine-tuning steps. Every test user is evaluated. After each run the adapter is probed (title -> ID
+hit@10, singular values of the new rows), and the budget curve evaluates the fine-tuning checkpoints of the
+profile's seeded arms. Runs resume (each is a recipe output folder, each probe is cached), so
 rerunning the command continues where it stopped. Results: benchmarks/results/quality-<profile>.json, .md, .png.
 """
 
@@ -24,58 +26,63 @@ from render_results import format_quality, plot_quality
 from gti_peft.recsys import paired_bootstrap, per_user_hits
 
 ROOT = Path(__file__).resolve().parents[1]
+_CPU_COMMON = ["evaluation.max_users=null", "evaluation.bf16=auto", "grounding.bf16=auto", "finetune.bf16=auto"]
 PROFILES = {
     "cpu": {
         "config": "recipes/smollm2-135m/movielens.yaml",
         "seeds": [0, 1],
+        "seeded_arms": ["mean", "gti_mean", "gti_mix"],
         "compute_matched_seeds": [0, 1],
-        "curve_seeds": [0],  # budget-curve checkpoints evaluated for mean and gti_mean
-        # Cut to fit 2 hours on 2 cores: 300 test users (the first 300, fixed), 100 grounding + 100 fine-tuning
-        # steps at batch 16 (1,600 of the 4,000 training windows), history 5. bf16 autocast: this CPU has AMX-bf16
-        # (1.18x a fp32 step, benchmarks/results/speed.json); the rows and the optimizer stay fp32.
-        "overrides": [
-            "evaluation.max_users=300",
-            "grounding.max_steps=100",
-            "grounding.bf16=true",
-            "finetune.max_steps=100",
-            "finetune.save_steps=50",
-            "finetune.bf16=true",
-            "evaluation.bf16=true",
-        ],
+        "curve_seeds": [0],  # budget-curve checkpoints evaluated for the seeded arms
+        # SmolLM2 on 2 cores: every test user (943), 100 grounding + 100 fine-tuning steps at batch 16.
+        "overrides": [*_CPU_COMMON, "grounding.max_steps=100", "finetune.max_steps=100", "finetune.save_steps=50"],
         "probe_items": 150,
+    },
+    "cpu-long": {
+        # Does GTI's lead hold, grow or vanish with 5x the fine-tuning budget? ~3 h on 2 cores (AMX), resumable.
+        "config": "recipes/smollm2-135m/movielens.yaml",
+        "seeds": [0, 1],
+        "seeded_arms": ["mean", "gti_mean"],
+        "compute_matched_seeds": [0],
+        "curve_seeds": [0],
+        "overrides": [*_CPU_COMMON, "grounding.max_steps=100", "finetune.max_steps=500", "finetune.save_steps=100"],
+        "probe_items": 150,
+        "arms": ["gti_mean", "mean", "gti_mix", "mean_compute_matched"],
     },
     "gpu": {
         "config": "recipes/qwen3-0.6b/movielens_qlora.yaml",
         "seeds": [0, 1, 2],
+        "seeded_arms": ["mean", "gti_mean", "gti_mix"],
         "compute_matched_seeds": [0, 1, 2],
         "curve_seeds": [0, 1, 2],
         "overrides": ["evaluation.max_users=null"],
         "probe_items": 500,
     },
 }
-# arm -> (init, grounded?), in the order they run: what the comparison needs most comes first
+# arm -> (init, grounded?, extra overrides), in the order they run: what the comparison needs most comes first
 ARMS = {
-    "mean": ("mean", False),
-    "gti_mean": ("mean", True),
-    "mean_compute_matched": ("mean", False),
-    "hf_mean": ("hf_mean", False),
-    "random": ("random", False),
-    "description": ("description", False),
-    "gti_description": ("description", True),
+    "mean": ("mean", False, ["finetune.grounding_mix=0"]),
+    "gti_mean": ("mean", True, ["finetune.grounding_mix=0"]),
+    "gti_mix": ("mean", True, ["finetune.grounding_mix=0.25"]),  # continual grounding
+    "mean_compute_matched": ("mean", False, ["finetune.grounding_mix=0"]),
+    "hf_mean": ("hf_mean", False, ["finetune.grounding_mix=0"]),
+    "random": ("random", False, ["finetune.grounding_mix=0"]),
+    "description": ("description", False, ["finetune.grounding_mix=0"]),
+    "gti_description": ("description", True, ["finetune.grounding_mix=0"]),
 }
-SEEDED_ARMS = ("mean", "gti_mean")
 
 
 def arm_config(profile: dict, out_root: Path, name: str, seed: int, extra=()):
     from gti_peft.recipe import load_recipe_config
 
-    init, grounded = ARMS[name]
+    init, grounded, arm_overrides = ARMS[name]
     overrides = [
         f"adapter.init={init}",
         f"output.seed={seed}",
         f"output.output_dir={out_root / f'{name}-seed{seed}'}",
         "semantic_ids.seed=0",  # the same semantic IDs for every arm
         *profile["overrides"],
+        *arm_overrides,
         *extra,
     ]
     if not grounded:
@@ -97,8 +104,10 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     from accelerate import PartialState
 
     from gti_peft import diagnostics, new_token_rows
-    from gti_peft.recipe.evaluation import evaluate_next_item, title_to_id_hits
-    from gti_peft.recipe.pipeline import build_model, load_data, semantic_ids_stage
+    from gti_peft.recipe.data import load_data, semantic_ids_stage
+    from gti_peft.recipe.evaluation import title_to_id_hits
+    from gti_peft.recipe.model import build_model
+    from gti_peft.recipe.stages import evaluate_stage
     from gti_peft.recsys import grounding_pairs
 
     cache = folder / "quality_probe.json"
@@ -114,16 +123,15 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     pairs = grounding_pairs(data.items, sids)
     sample = random.Random(0).sample(range(len(pairs)), n_items)
     items = [data.items["item"][i] for i in sample]
-    result = title_to_id_hits(model, tokenizer, [pairs[i] for i in sample], sids.to_dict(), items)
+    style = config.data.prompt_style
+    result = title_to_id_hits(model, tokenizer, [pairs[i] for i in sample], sids.token_lists(), items, style)
     _, rows, _ = new_token_rows(model)
     result["singular_values"] = diagnostics.singular_values(rows.float().cpu()).tolist()
     if evaluate_users:
-        metrics = evaluate_next_item(
-            model, tokenizer, data.split.test, sids.to_dict(), data.split.train, config.evaluation, len(data.items)
-        )
-        result["metrics"] = metrics["model"]
+        evaluation = evaluate_stage(config, model, tokenizer, sids, data)
+        result["metrics"] = evaluation["metrics"]["model"]
         result["evaluation_bf16"] = config.evaluation.bf16
-        result["rankings"] = dict(metrics["rankings"])
+        result["rankings"] = {user: r["ranking"] for user, r in evaluation["rankings"].items()}
     cache.write_text(json.dumps(result))
     return result
 
@@ -157,7 +165,7 @@ def compare(results: dict, out_root: Path, a: str, b: str, seeds: list[int]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default=None, help="comma-separated (default: the profile's, else all)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks" / "quality"))
     parser.add_argument("--results", default=None, help="JSON path (default: results/quality-<profile>)")
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override, e.g. finetune.max_steps=4")
@@ -167,7 +175,7 @@ def main() -> None:
     profile["overrides"] = [*profile["overrides"], *args.set]
     profile["probe_items"] = args.probe_items or profile["probe_items"]
     out_root = Path(args.out) / args.profile
-    wanted = args.arms.split(",")
+    wanted = args.arms.split(",") if args.arms else profile.get("arms", list(ARMS))
     unknown = sorted(set(wanted) - set(ARMS))
     if unknown:
         raise ValueError(f"--arms has unknown arm(s) {unknown}; known: {list(ARMS)}.")
@@ -192,14 +200,14 @@ def main() -> None:
             final = probe(config, folder / "adapter", profile["probe_items"], False)
             summary = _summary(run) | {"final": _probe_summary(final)}
             if ARMS[name][1]:
-                grounded = probe(config, folder / "grounded", profile["probe_items"], name in SEEDED_ARMS)
+                grounded = probe(config, folder / "grounded", profile["probe_items"], name in profile["seeded_arms"])
                 summary["grounded"] = _probe_summary(grounded)
                 if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
                     results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
             results["runs"][f"{name}/seed{seed}"] = summary
             print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
             _write(results, path, out_root, profile["seeds"])
-    for name in SEEDED_ARMS:
+    for name in profile["seeded_arms"]:
         for seed in profile["curve_seeds"]:
             folder = out_root / f"{name}-seed{seed}" / "checkpoints-finetune"
             if name not in wanted or not folder.is_dir():
@@ -228,13 +236,19 @@ def _compute_matched_steps(results: dict) -> list[str] | None:
 def _arm_seeds(profile: dict, name: str) -> list[int]:
     if name == "mean_compute_matched":
         return profile["compute_matched_seeds"]
-    return profile["seeds"] if name in SEEDED_ARMS else profile["seeds"][:1]
+    return profile["seeds"] if name in profile["seeded_arms"] else profile["seeds"][:1]
 
 
 def _write(results: dict, path: Path, out_root: Path, seeds: list[int]) -> None:
     """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG."""
     for group in [*([s] for s in seeds), seeds]:
-        for a, b in (("mean", "gti_mean"), ("mean_compute_matched", "gti_mean"), ("mean", "gti_description")):
+        pairs = [
+            ("mean", "gti_mean"),
+            ("mean_compute_matched", "gti_mean"),
+            ("mean", "gti_mix"),
+            ("gti_mean", "gti_mix"),
+        ]
+        for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
             comparison = compare(results, out_root, a, b, group)
             if comparison is not None:
                 results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison

@@ -30,20 +30,15 @@ import time
 from pathlib import Path
 
 import torch
-from environment import bf16_supported, run_environment
+from environment import run_environment
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from gti_peft import ground
+from gti_peft.precision import bf16_is_faster
 from gti_peft.recipe.config import load_recipe_config
-from gti_peft.recipe.pipeline import (
-    build_model,
-    finetune_examples,
-    grounding_templates,
-    load_base,
-    load_data,
-    semantic_ids_stage,
-)
+from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
+from gti_peft.recipe.model import build_model, load_base
 from gti_peft.recsys import grounding_pairs
 from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
 
@@ -103,11 +98,11 @@ def trainer_part(args) -> dict:
         torch.manual_seed(0)
         models[key] = (stock_model(cfg, tokenizer, new_ids), gti)
     stock, gti = models["dropout"]
-    train = finetune_examples(config, tokenizer, sids, data)
+    train = finetune_dataset(config, tokenizer, sids, data)
     collator = answer_collator(tokenizer)
-    batch = collator([train[i] for i in range(config.finetune.batch_size)])
+    batch = collator([train[i] for i in range(config.finetune.option("per_device_train_batch_size"))])
 
-    bf16 = bf16_supported()
+    bf16 = bf16_is_faster()
     losses = {}
     with torch.no_grad():
         stock.eval()
@@ -135,7 +130,7 @@ def trainer_part(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="gti-speed-")
     common = {
         "output_dir": tmp,
-        "per_device_train_batch_size": config.finetune.batch_size,
+        "per_device_train_batch_size": config.finetune.option("per_device_train_batch_size"),
         "max_steps": args.steps_per_round,
         "learning_rate": 1e-4,
         "save_strategy": "no",
@@ -152,7 +147,7 @@ def trainer_part(args) -> dict:
             timer = StepTimer()
             if name == "grounding step (ours)":
                 options = {k: v for k, v in common.items() if k != "logging_strategy"}
-                options |= {"bf16": bf16, "learning_rate": config.grounding.learning_rate}
+                options |= {"bf16": bf16, "learning_rate": config.grounding.option("learning_rate")}
                 ground(gti, tokenizer, pairs, templates, eval_examples_per_template=1, callbacks=[timer], **options)
             else:
                 trainer_cls, model, use_bf16, _ = arms[name]
@@ -181,7 +176,7 @@ def trainer_part(args) -> dict:
         "rows": rows,
         "first_batch_loss": losses,
         "bf16_instructions": bf16,
-        "batch": config.finetune.batch_size,
+        "batch": config.finetune.option("per_device_train_batch_size"),
         "mean_tokens_per_example": sum(shapes) / len(shapes),
         "lora_dropout": config.adapter.lora_dropout,
         "vocab": len(tokenizer),

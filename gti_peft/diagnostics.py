@@ -242,9 +242,29 @@ def summarize(
         out["old_mean_cosine"] = cosine_stats(old)["mean_cosine"] if old.shape[0] > 1 else None
         out["old_mean_norm"] = float(old.norm(dim=1).mean())
     if reference is not None:
-        r = rsa(t, reference, max_rows=4096, seed=seed)
-        out.update(rsa_pearson=r["pearson"], rsa_spearman=r["spearman"], rsa_rows=min(t.shape[0], 4096))
+        n_ref = np.shape(reference)[0]
+        if n_ref > t.shape[0]:
+            raise ValueError(f"`reference` has {n_ref} rows but there are only {t.shape[0]} new rows; align them.")
+        r = rsa(t[:n_ref], reference, max_rows=4096, seed=seed)
+        out.update(rsa_pearson=r["pearson"], rsa_spearman=r["spearman"], rsa_rows=min(n_ref, 4096))
     return out
+
+
+def summarize_model(model, reference: Rows | None = None, n_old: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """`summarize` of a GTI model's (input) new rows against a sample of its old rows.
+
+    `reference` rows line up with the first `len(reference)` new tokens (e.g. a quantizer's codebook vectors:
+    tokens without one, such as disambiguation codes, come last and are left out of RSA only).
+    """
+    from .model import new_token_rows
+
+    ids, rows, _ = new_token_rows(model)
+    weight = model.get_input_embeddings().base_weight.detach()
+    is_new = torch.zeros(weight.shape[0], dtype=torch.bool)
+    is_new[ids] = True
+    old_ids = (~is_new).nonzero().squeeze(-1)
+    sample = old_ids[_sample(len(old_ids), n_old, seed)].to(weight.device)
+    return summarize(rows.detach().float().cpu(), weight[sample].float().cpu(), reference, n_old=n_old, seed=seed)
 
 
 def _fmt(value: Any) -> str:

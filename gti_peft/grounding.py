@@ -103,6 +103,20 @@ def validate_pairs(pairs: list[dict], tokenizer, new_ids: set[int], templates) -
             )
 
 
+def grounding_dataset(tokenizer, pairs: list[dict], templates, max_length: int, prompt_style: str) -> Dataset:
+    """Every (pair, template) example, tokenized with the loss on the answer; a `template` column names each."""
+    rendered = render_examples(pairs, templates)
+    if not rendered:
+        raise ValueError("No template applies to the pairs: check their fields against the templates' fields.")
+    return Dataset.from_list(
+        [
+            encode_prompt_answer(tokenizer, ex["prompt"], ex["answer"], max_length, prompt_style)
+            | {"template": ex["template"]}
+            for ex in rendered
+        ]
+    )
+
+
 @contextlib.contextmanager
 def only_new_rows_trainable(model):
     """Freeze everything but the new rows; restore every parameter's requires_grad afterwards."""
@@ -149,12 +163,6 @@ def template_losses(model, dataset: Dataset, collator, per_template: int = 32, b
     return losses
 
 
-def _geometry(model, reference) -> dict:
-    _, rows, _ = new_token_rows(model)
-    old = model.get_input_embeddings().base_weight.detach()
-    return diagnostics.summarize(rows.float().cpu(), old.float().cpu(), reference=reference)
-
-
 def ground(
     model,
     tokenizer,
@@ -162,6 +170,7 @@ def ground(
     templates: tuple[GroundingTemplate, ...] | None = None,
     *,
     max_length: int = 256,
+    prompt_style: str = "chat",
     reference=None,
     report_path: str | Path | None = None,
     resume_from_checkpoint: str | bool | None = None,
@@ -175,7 +184,9 @@ def ground(
     `"title"` / `"description"`). Every template whose fields a pair has is used (both directions).
     `training_options` go to `transformers.TrainingArguments` (defaults: `GROUNDING_DEFAULTS`, e.g. lr 1e-3,
     no weight decay); pass `output_dir` + `save_steps` for checkpoints and `resume_from_checkpoint` to resume.
-    `reference`: optional vectors (one per new token, e.g. codebook vectors) for the RSA diagnostic.
+    `reference`: optional vectors for the RSA diagnostic (e.g. codebook vectors), lined up with the first
+    `len(reference)` new tokens.
+    `prompt_style`: how prompts are tokenized (`gti_peft.templates.encode_prompt`); use the fine-tuning one.
     `callbacks`: `transformers.TrainerCallback`s, e.g. to evaluate the mapping while grounding runs.
     """
     if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):
@@ -189,19 +200,12 @@ def ground(
     options.setdefault("use_cpu", not torch.cuda.is_available())  # else CPU ranks never form a process group
     args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
 
-    rendered = render_examples(pairs, templates)
-    if not rendered:
-        raise ValueError("No template applies to the pairs: check their fields against the templates' fields.")
-    encoded = [
-        {**encode_prompt_answer(tokenizer, ex["prompt"], ex["answer"], max_length), "template": ex["template"]}
-        for ex in rendered
-    ]
-    dataset = Dataset.from_list(encoded)
+    dataset = grounding_dataset(tokenizer, pairs, templates, max_length, prompt_style)
     collator = answer_collator(tokenizer)
     guard_cpu_4bit_training(model)
 
     before = template_losses(model, dataset, collator, eval_examples_per_template)
-    geometry_before = _geometry(model, reference)
+    geometry_before = diagnostics.summarize_model(model, reference)
     with only_new_rows_trainable(model):
         trainer = GroundingTrainer(
             model=model,
@@ -223,10 +227,11 @@ def ground(
         template_loss_before=before,
         template_loss_after=after,
         diagnostics_before=geometry_before,
-        diagnostics_after=_geometry(model, reference),
+        diagnostics_after=diagnostics.summarize_model(model, reference),
         train_seconds=seconds,
         seconds_per_step=seconds / max(result.global_step, 1),
-        settings={k: options[k] for k in sorted(options) if k != "output_dir"} | {"max_length": max_length},
+        settings={k: options[k] for k in sorted(options) if k != "output_dir"}
+        | {"max_length": max_length, "prompt_style": prompt_style},
     )
     config = model.peft_config[model.active_adapter]
     config.grounding = {

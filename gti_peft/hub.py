@@ -97,6 +97,21 @@ def save_for_hub(
     return write_folder_atomically(folder, write, overwrite=False)
 
 
+def update_card(model: PeftModel, tokenizer, folder: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Rewrite only the model card (README.md) of a folder `save_for_hub` wrote, e.g. to add evaluation metrics
+    once they exist; the weights are not written again. The card is replaced atomically."""
+    config, _ = _gti_config(model, tokenizer)
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{str(folder)!r} holds no {WEIGHTS}: write the adapter with `save_for_hub` first.")
+    info = card_info(model, tokenizer, config, str(folder), None)
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != "README.md"}
+    tmp = folder / ".README.md.tmp"
+    adapter_card(info, config, metrics, files).save(tmp)
+    tmp.replace(folder / "README.md")
+    return folder / "README.md"
+
+
 def push_to_hub(
     model: PeftModel,
     tokenizer,

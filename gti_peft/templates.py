@@ -50,25 +50,51 @@ TEXT_TEMPLATES = (
 DEFAULT_TEMPLATES = PAPER_TEMPLATES + TEXT_TEMPLATES
 
 
-def encode_prompt_answer(tokenizer, prompt: str, answer: str, max_length: int) -> dict[str, list[int]]:
-    """Token ids of one prompt/answer turn with the loss on the answer only.
+PROMPT_STYLES = ("chat", "chat_no_system", "plain")
 
-    Uses the tokenizer's chat template when it has one, else `prompt\\nanswer<eos>`.
+
+def _chat(tokenizer, messages: list[dict], style: str, **kwargs) -> list[int]:
+    if style == "chat_no_system":
+        try:  # an empty system turn stops templates (SmolLM2, Llama 3) from adding their default system prompt
+            messages = [{"role": "system", "content": ""}] + messages
+            return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs))
+        except Exception:  # templates without a system role (e.g. Gemma) raise: they add no default either
+            messages = messages[1:]
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs))
+
+
+def _uses_chat(tokenizer, style: str) -> bool:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES}, got {style!r}.")
+    return style != "plain" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_prompt(tokenizer, prompt: str, prompt_style: str = "chat") -> list[int]:
+    """Token ids of one user turn, ready for the answer to be generated (what evaluation feeds the model).
+
+    `prompt_style`: "chat" (the tokenizer's chat template, with its default system prompt), "chat_no_system"
+    (an empty system turn: no default system prompt, ~16 fewer tokens on SmolLM2) or "plain" (`prompt\n`).
+    Tokenizers without a chat template always use "plain".
     """
-    if getattr(tokenizer, "chat_template", None):
-        user = [{"role": "user", "content": prompt}]
-        prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full_ids = tokenizer.apply_chat_template(
-            user + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
-        )
-        if full_ids[: len(prompt_ids)] != prompt_ids:  # a template that rewrites earlier turns
-            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            full_ids = prompt_ids + answer_ids
-    else:
-        prompt_ids = tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        full_ids = prompt_ids + tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
-    full_ids = list(full_ids)[:max_length]
+    if _uses_chat(tokenizer, prompt_style):
+        return _chat(tokenizer, [{"role": "user", "content": prompt}], prompt_style, add_generation_prompt=True)
+    return list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+
+def encode_prompt_answer(
+    tokenizer, prompt: str, answer: str, max_length: int, prompt_style: str = "chat"
+) -> dict[str, list[int]]:
+    """Token ids of one prompt/answer turn with the loss on the answer only; the prompt part is exactly
+    `encode_prompt(tokenizer, prompt, prompt_style)`, so training and evaluation see the same prompts."""
+    prompt_ids = encode_prompt(tokenizer, prompt, prompt_style)
+    answer_only = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    full_ids = prompt_ids + answer_only
+    if _uses_chat(tokenizer, prompt_style):
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        chat_ids = _chat(tokenizer, turns, prompt_style)
+        if chat_ids[: len(prompt_ids)] == prompt_ids:  # else a template that rewrites earlier turns
+            full_ids = chat_ids
+    full_ids = [i for i in full_ids if i is not None][:max_length]
     labels = [IGNORE_INDEX] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids) :]
     return {"input_ids": full_ids, "labels": labels, "attention_mask": [1] * len(full_ids)}
 

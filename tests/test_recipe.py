@@ -41,6 +41,15 @@ def test_accelerate_configs_open_with_their_command():
         ("data:\n  dataset: files\n", r"needs data.interactions_path"),
         ("grounding:\n  templates: [title_to_tokens, nope]\n", r"unknown template\(s\) \['nope'\]"),
         ("finetune:\n  learning_rate: -1\n", r"learning_rate > 0"),
+        ("finetune:\n  batch_size: 4\n", r"finetune.batch_size is now bad.yaml.finetune.per_device_train_batch_size"),
+        ("finetune:\n  max_stepz: 4\n", r"Unknown key 'max_stepz' in bad.yaml.finetune.*did you mean \['max_steps'"),
+        ("finetune:\n  output_dir: x\n", r"finetune.output_dir is set by the recipe: use output.output_dir"),
+        ("finetune:\n  lr_scheduler_type: bogus\n", r"finetune: transformers.TrainingArguments refuses"),
+        ("finetune:\n  grounding_mix: 1.5\n", r"finetune.grounding_mix must lie in \[0, 1\].*got 1.5"),
+        ("finetune:\n  grounding_mix: -0.1\n", r"finetune.grounding_mix must lie in \[0, 1\]"),
+        ("grounding:\n  grounding_mix: 0.5\n", r"grounding.grounding_mix is a fine-tuning key"),
+        ("finetune:\n  bf16: maybe\n", r"finetune.bf16 must be true, false or auto"),
+        ("data:\n  prompt_style: fancy\n", r"data.prompt_style must be one of"),
     ],
 )
 def test_bad_yaml_fails_naming_the_key(tmp_path, text, match):
@@ -54,8 +63,9 @@ def test_overrides_and_stage_defaults(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("grounding:\n  max_steps: 7\n")
     config = load_recipe_config(path, ["adapter.init=random", "finetune.learning_rate=2e-4"])
-    assert config.adapter.init == "random" and config.finetune.learning_rate == 2e-4
-    assert config.grounding.max_steps == 7 and config.grounding.learning_rate == 1e-3  # grounding's default kept
+    assert config.adapter.init == "random" and config.finetune.option("learning_rate") == 2e-4
+    assert config.grounding.max_steps == 7 and config.grounding.option("learning_rate") == 1e-3  # default kept
+    assert config.finetune.option("adam_beta2") == 0.999  # any TrainingArguments field, at its default
     with pytest.raises(ValueError, match="section.key=value"):
         load_recipe_config(path, ["init=mean"])
 
@@ -70,14 +80,22 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_run_files, tmp_path):
     assert "popularity" in results["table"] and "recall@5" in results["table"]
     assert metrics["grounding"]["steps"] == 3 and metrics["finetune"]["steps"] == 3
     assert metrics["geometry"]["start"]["effective_rank"] < metrics["geometry"]["grounded"]["effective_rank"]
+    # RSA against the codebooks although these IDs carry a disambiguation level (24 items on 4 x 4 codes collide)
+    assert "rsa_spearman" in metrics["geometry"]["grounded"] and "rsa_spearman" in metrics["geometry"]["finetuned"]
+    card = (out / "adapter" / "README.md").read_text()
+    assert "recall@5" in card  # the card shows the metrics, added after evaluation without re-saving the weights
     for folder in ("grounded", "adapter"):
         names = {p.name for p in (out / folder).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors", "semantic_ids.safetensors"} <= names
         assert "tokenizer.json" in names
     assert (out / "diagnostics" / "spectrum.png").stat().st_size > 0
-    # evaluate-only rerun loads the saved adapter and reproduces the rankings
+    # evaluate-only rerun loads the saved adapter and reproduces the rankings; its geometry says what it loaded
+    weights = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     again = run_recipe(load_recipe_config(config_path, ["output.stages=[evaluate]"]))
     assert again["metrics"]["model"] == results["metrics"]["model"]
+    assert list(again["geometry"]) == ["loaded from adapter/"]
+    assert again["geometry"]["loaded from adapter/"] == metrics["geometry"]["finetuned"]
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == weights
     assert "grounding" not in again and "finetune" not in again
 
 
@@ -115,10 +133,60 @@ def test_evaluation_runs_at_the_precision_evaluation_bf16_names(bf16):
     model = LlamaForCausalLM(llama_config(tied=True, vocab=len(tokenizer)))
     seen = []
     model.model.layers[0].register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
-    sids = {f"m{i}": f"<a_{i // 2}><b_{i % 2}>" for i in range(6)}
+    sids = {f"m{i}": [f"<a_{i // 2}>", f"<b_{i % 2}>"] for i in range(6)}
     examples = [{"user": "u0", "history": ["m0", "m2"], "target": "m1"}]
     args = EvalArgs(num_beams=6, top_k=5, max_users=None, batch_size=1, bf16=bf16)
-    result = evaluate_next_item(model, tokenizer, examples, sids, {"u0": ["m0", "m2"]}, args, catalog_size=6)
+    prompts = [tokenizer("The user watched <a_0><b_0><a_1><b_0>.")["input_ids"]]
+    result = evaluate_next_item(model, tokenizer, prompts, examples, sids, {"u0": ["m0", "m2"]}, args, 6)
     assert len(set(result["rankings"]["u0"])) == 5 and set(result["rankings"]["u0"]) <= set(sids)
     assert seen and set(seen) == {bf16}
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_grounding_mix_makes_that_fraction_of_the_fine_tuning_data(tiny_run_files, tmp_path):
+    from accelerate import PartialState
+
+    from gti_peft.recipe.data import finetune_dataset, load_data, semantic_ids_stage
+    from gti_peft.recipe.model import build_model
+    from gti_peft.recipe.outputs import prepare_output_dir
+
+    sizes = {}
+    for mix in (0.0, 0.25, 1.0):
+        config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "mix"), [f"finetune.grounding_mix={mix}"])
+        config.output.overwrite = True
+        out = prepare_output_dir(config, PartialState())
+        data = load_data(config)
+        sids = semantic_ids_stage(config, data, out, PartialState())
+        tokenizer, _ = build_model(config, sids, data, None)
+        dataset = finetune_dataset(config, tokenizer, sids, data)
+        recommendation = "Predict the next item"
+        texts = [tokenizer.decode(ids) for ids in dataset["input_ids"]]
+        sizes[mix] = (len(texts), sum(recommendation in t for t in texts))
+    n_task = sizes[0.0][0]
+    assert sizes[0.0][1] == n_task  # no mix: only next-item examples
+    total, task = sizes[0.25]
+    assert task == n_task and abs((total - task) / total - 0.25) < 1 / total + 1e-9
+    assert sizes[1.0][1] == 0 and sizes[1.0][0] > 0
+
+
+def test_a_mix_without_grounding_examples_is_refused_before_training(tiny_run_files, tmp_path):
+    overrides = ["finetune.grounding_mix=0.3", "grounding.templates=[text_to_tokens]"]  # items have no `text`
+    out = tmp_path / "nomix"
+    config = load_recipe_config(tiny_yaml(tiny_run_files, out), overrides)
+    with pytest.raises(ValueError, match=r"finetune.grounding_mix=0.3 asks for grounding examples.*text_to_tokens"):
+        run_recipe(config)
+    assert not (out / "semantic_ids.safetensors").exists() and not (out / "grounded").exists()
+
+
+def test_every_training_arguments_field_reaches_the_trainer(tmp_path):
+    from transformers import TrainingArguments
+
+    from gti_peft.recipe.stages import training_options
+
+    path = tmp_path / "r.yaml"
+    path.write_text("finetune:\n  adam_beta1: 0.5\n  train_sampling_strategy: group_by_length\n  bf16: false\n")
+    config = load_recipe_config(path)
+    args = TrainingArguments(**training_options(config.finetune, tmp_path / "ckpt", seed=3))
+    assert args.adam_beta1 == 0.5 and args.train_sampling_strategy == "group_by_length"
+    assert args.seed == 3 and args.output_dir == str(tmp_path / "ckpt") and args.bf16 is False
+    assert args.learning_rate == 5e-4  # the stage's default where the YAML is silent

@@ -91,8 +91,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_run_files, tmp_
     run(recipe_command(tiny_yaml(tiny_run_files, single)))
     double = tmp_path / "double"
     launcher = [torchrun, "--nproc_per_node", "2", "--master_port", "29533"]
-    command = recipe_command(tiny_yaml(tiny_run_files, double), "--set", "grounding.batch_size=2")
-    run(launcher + command[1:] + ["--set", "finetune.batch_size=2"])
+    command = recipe_command(tiny_yaml(tiny_run_files, double), "--set", "grounding.per_device_train_batch_size=2")
+    run(launcher + command[1:] + ["--set", "finetune.per_device_train_batch_size=2"])
     worst = assert_same(adapter_tensors(single), adapter_tensors(double), atol=1e-4)
     print(f"two processes vs one: max abs difference of adapter tensors {worst:.2e}")
     # only the main process wrote: one adapter folder, no leftovers

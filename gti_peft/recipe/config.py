@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from ..config import INIT_METHODS
-from ..templates import DEFAULT_TEMPLATES
+from ..precision import AUTO
+from ..templates import DEFAULT_TEMPLATES, PROMPT_STYLES
 
 STAGES = ("ground", "finetune", "evaluate")
 
@@ -36,6 +37,13 @@ class DataArgs:
     description_columns: list[str] = field(default_factory=lambda: ["description"])
     min_interactions: int = 3
     max_history: int = field(default=10, metadata={"help": "Items of history in a prompt."})
+    history_separator: str = field(
+        default=", ", metadata={"help": "Text between the semantic IDs of a history ('' works: IDs self-delimit)."}
+    )
+    prompt_style: str = field(
+        default="chat",
+        metadata={"help": f"How prompts are tokenized, in every stage: one of {PROMPT_STYLES} (templates.py)."},
+    )
     max_train_examples: int | None = field(default=None, metadata={"help": "Seeded subsample of the windows."})
     max_length: int = 256
 
@@ -60,28 +68,71 @@ class AdapterArgs:
     )
 
 
+# Keys a stage section may not set: the recipe owns them (checkpoint folders, one seed for the whole run).
+RECIPE_OWNED = {"output_dir": "output.output_dir", "seed": "output.seed", "resume_from_checkpoint": "rerunning"}
+RENAMED = {"batch_size": "per_device_train_batch_size"}
+_STAGE_COMMON = {
+    "per_device_train_batch_size": 16,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 10,
+    "logging_steps": 10,
+    "save_steps": 50,
+    "bf16": "auto",
+}
+
+
 @dataclass
 class TrainStageArgs:
-    max_steps: int = 0
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_steps: int = 10
-    logging_steps: int = 10
-    save_steps: int = 50
-    bf16: bool = False
-    templates: list[str] | None = field(default=None, metadata={"help": "Grounding only: template names."})
+    """A training stage: the recipe's own keys below, plus ANY `transformers.TrainingArguments` field (e.g.
+    `max_steps`, `learning_rate`, `per_device_train_batch_size`, `bf16`), validated by `TrainingArguments` itself.
+    `bf16: auto` trains in bf16 only where this device runs it faster than fp32 (`gti_peft.precision`)."""
+
+    templates: list[str] | None = field(
+        default=None, metadata={"help": "Grounding only: names of the templates to ground with (default: all)."}
+    )
+    grounding_mix: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fine-tuning only: fraction of fine-tuning examples drawn from the grounding templates "
+            "(continual grounding, as LC-Rec trains its alignment tasks alongside next-item prediction)."
+        },
+    )
+    training_args: dict = field(default_factory=dict, metadata={"help": "TrainingArguments fields of this stage."})
+
+    def option(self, name: str):
+        """A TrainingArguments value of this stage (its default where the YAML does not set it)."""
+        if name in self.training_args:
+            return self.training_args[name]
+        return _default_training_args().get(name)
+
+    @property
+    def max_steps(self) -> int:
+        return self.option("max_steps")
+
+
+def _default_training_args() -> dict:
+    import transformers
+
+    return {f.name: f.default for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
+def _stage(max_steps: int, learning_rate: float, **extra) -> TrainStageArgs:
+    return TrainStageArgs(
+        training_args={"max_steps": max_steps, "learning_rate": learning_rate, **_STAGE_COMMON, **extra}
+    )
 
 
 @dataclass
 class EvalArgs:
     num_beams: int = 20
     top_k: int = 20
-    max_users: int | None = field(default=300, metadata={"help": "First N test users (fixed order); None: all."})
+    max_users: int | None = field(default=None, metadata={"help": "First N test users (fixed order); None: all."})
     batch_size: int = 8
     split: str = field(default="test", metadata={"help": "'test' (last item) or 'valid' (second to last)."})
-    bf16: bool = field(default=False, metadata={"help": "Beam search under bf16 autocast (GPUs, AMX/AVX512 CPUs)."})
+    bf16: bool | str = field(
+        default=AUTO, metadata={"help": "Beam search under bf16 autocast: true, false or auto (where it is faster)."}
+    )
 
 
 @dataclass
@@ -99,8 +150,8 @@ class RecipeConfig:
     data: DataArgs = field(default_factory=DataArgs)
     semantic_ids: SemanticIDArgs = field(default_factory=SemanticIDArgs)
     adapter: AdapterArgs = field(default_factory=AdapterArgs)
-    grounding: TrainStageArgs = field(default_factory=lambda: TrainStageArgs(max_steps=100, learning_rate=1e-3))
-    finetune: TrainStageArgs = field(default_factory=lambda: TrainStageArgs(max_steps=200, learning_rate=5e-4))
+    grounding: TrainStageArgs = field(default_factory=lambda: _stage(100, 1e-3, weight_decay=0.0))
+    finetune: TrainStageArgs = field(default_factory=lambda: _stage(200, 5e-4))
     evaluation: EvalArgs = field(default_factory=EvalArgs)
     output: OutputArgs = field(default_factory=OutputArgs)
 
@@ -137,10 +188,75 @@ class RecipeConfig:
                 raise ValueError(
                     "model.load_in_4bit=true needs bitsandbytes (pip install bitsandbytes), which failed to import."
                 ) from error
+        if self.data.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"data.prompt_style must be one of {PROMPT_STYLES}, got {self.data.prompt_style!r}.")
+        if self.evaluation.bf16 not in (True, False, AUTO):
+            raise ValueError(f"evaluation.bf16 must be true, false or auto, got {self.evaluation.bf16!r}.")
+        mix = self.finetune.grounding_mix
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(
+                f"finetune.grounding_mix must lie in [0, 1] (the fraction of fine-tuning examples drawn from the "
+                f"grounding templates), got {mix!r}."
+            )
+        if self.grounding.grounding_mix:
+            raise ValueError("grounding.grounding_mix is a fine-tuning key: set finetune.grounding_mix instead.")
+        if self.finetune.templates is not None:
+            raise ValueError(
+                "finetune.templates is not used: grounding.templates names the templates, for grounding and for "
+                "finetune.grounding_mix alike."
+            )
         for stage in ("grounding", "finetune"):
-            args = getattr(self, stage)
-            if args.max_steps < 0 or args.batch_size < 1 or args.learning_rate <= 0:
-                raise ValueError(f"{stage}: max_steps >= 0, batch_size >= 1 and learning_rate > 0 are required.")
+            validate_training_args(getattr(self, stage), stage)
+
+
+def validate_training_args(stage: TrainStageArgs, where: str) -> None:
+    """Let `transformers.TrainingArguments` validate a stage's options; name the stage in its errors."""
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    options = dict(stage.training_args)
+    if options.get("bf16") not in (True, False, AUTO):
+        raise ValueError(f"{where}.bf16 must be true, false or auto, got {options.get('bf16')!r}.")
+    options["bf16"] = False  # "auto" is resolved when the stage runs, on its device
+    if options.get("max_steps", 0) < 0 or options.get("learning_rate", 1.0) <= 0:
+        raise ValueError(
+            f"{where}: max_steps >= 0 and learning_rate > 0 are required, got max_steps={options.get('max_steps')}, "
+            f"learning_rate={options.get('learning_rate')}."
+        )
+    try:
+        TrainingArguments(output_dir=tempfile.gettempdir(), use_cpu=True, report_to="none", **options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: transformers.TrainingArguments refuses these options: {error}") from error
+
+
+def _build_stage(default: TrainStageArgs, values: dict, where: str) -> TrainStageArgs:
+    """A stage section: its own keys, and every other key a TrainingArguments field (unknown keys refused)."""
+    import difflib
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}.")
+    own = {f.name for f in dataclasses.fields(TrainStageArgs)} - {"training_args"}
+    allowed = set(_default_training_args())
+    training_args = dict(default.training_args)
+    kwargs = {name: getattr(default, name) for name in own}
+    hints = typing.get_type_hints(TrainStageArgs)
+    for key, value in values.items():
+        if key in own:
+            kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+        elif key in RECIPE_OWNED:
+            raise ValueError(f"{where}.{key} is set by the recipe: use {RECIPE_OWNED[key]} instead.")
+        elif key in RENAMED:
+            raise ValueError(f"{where}.{key} is now {where}.{RENAMED[key]} (the TrainingArguments name).")
+        elif key in allowed:
+            training_args[key] = float(value) if key == "learning_rate" and isinstance(value, (int, str)) else value
+        else:
+            close = difflib.get_close_matches(key, sorted(own | allowed), n=3)
+            raise ValueError(
+                f"Unknown key {key!r} in {where}: neither a stage key ({sorted(own)}) nor a "
+                f"transformers.TrainingArguments field" + (f"; did you mean {close}?" if close else ".")
+            )
+    return TrainStageArgs(training_args=training_args, **kwargs)
 
 
 def _check_type(value, hint, where: str):
@@ -190,7 +306,9 @@ def _build(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if hint is TrainStageArgs:
+            kwargs[name] = _build_stage(_default(cls, name), value or {}, f"{where}.{name}")
+        elif dataclasses.is_dataclass(hint):
             # a partial section keeps the section's own defaults (e.g. grounding vs finetune steps)
             defaults = dataclasses.asdict(_default(cls, name))
             kwargs[name] = _build(hint, {**defaults, **(value or {})}, f"{where}.{name}")

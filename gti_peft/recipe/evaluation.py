@@ -1,32 +1,27 @@
-"""Evaluation of a recommender LM: next-item ranking by constrained beam search, and title -> ID lookups."""
+"""Evaluation of a recommender LM: next-item ranking by constrained beam search, and title -> ID lookups.
+
+Prompts are encoded exactly as in training (`gti_peft.templates.encode_prompt`), and semantic IDs travel as token
+lists (`SemanticIDs.token_lists()`), never as strings split again.
+"""
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from ..precision import resolve_bf16
 from ..quantization import guard_cpu_4bit_training
-from ..recsys import evaluate_rankings, popularity_ranking, recommendation_messages
+from ..recsys import evaluate_rankings, popularity_ranking
 from ..recsys.beam_search import constrained_beam_search
 from ..recsys.trie import ItemTrie
+from ..templates import PAPER_TEMPLATES, encode_prompt, encode_prompt_answer
+from ..training import answer_collator, answer_logits_and_targets
 
-TOKEN_PATTERN = re.compile(r"<[^<>]+>")
+TITLE_TO_TOKENS = next(t for t in PAPER_TEMPLATES if t.name == "title_to_tokens")
 
 
-def item_trie(tokenizer, sid_of_item: dict[str, str]) -> ItemTrie:
+def item_trie(tokenizer, token_lists: dict[str, list[str]]) -> ItemTrie:
     """Trie over every catalog item's semantic-ID token ids."""
-    return ItemTrie(
-        {item: tokenizer.convert_tokens_to_ids(TOKEN_PATTERN.findall(sid)) for item, sid in sid_of_item.items()}
-    )
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        return list(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        )
-    return tokenizer(messages[-1]["content"] + "\n")["input_ids"]
+    return ItemTrie({item: tokenizer.convert_tokens_to_ids(tokens) for item, tokens in token_lists.items()})
 
 
 def rank_items(
@@ -43,16 +38,17 @@ def rank_items(
     return [[item for item, _ in ranked] for ranked in results]
 
 
-def evaluate_next_item(model, tokenizer, examples, sid_of_item, train_histories, args, catalog_size: int) -> dict:
-    """Recall/NDCG@{5,10,20}, coverage and distinct top-1 of the model and of a popularity baseline."""
-    examples = examples[: args.max_users] if args.max_users else examples
-    prompts = [
-        chat_prompt_ids(tokenizer, recommendation_messages([sid_of_item[i] for i in ex["history"]])) for ex in examples
-    ]
+def evaluate_next_item(
+    model, tokenizer, prompts: list[list[int]], examples, token_lists, train_histories, args, catalog_size: int
+) -> dict:
+    """Recall/NDCG@{5,10,20}, coverage and distinct top-1 of the model and of a popularity baseline.
+
+    `prompts[i]` is the encoded prompt of `examples[i]` (see `gti_peft.recipe.data.prompt_ids`).
+    """
     targets = [ex["target"] for ex in examples]
-    trie = item_trie(tokenizer, sid_of_item)
+    trie = item_trie(tokenizer, token_lists)
     device = next(model.parameters()).device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_bf16(args.bf16)):
         rankings = rank_items(model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size)
     ks = tuple(k for k in (5, 10, 20) if k <= args.top_k)
     popular = popularity_ranking(train_histories, k=args.top_k)
@@ -63,14 +59,18 @@ def evaluate_next_item(model, tokenizer, examples, sid_of_item, train_histories,
     }
 
 
+def _title_prompt(pair: dict) -> str:
+    return TITLE_TO_TOKENS.render(pair)[0]
+
+
 @torch.no_grad()
-def title_to_id_hits(model, tokenizer, pairs: list[dict], sid_of_item: dict[str, str], items: list[str], **kwargs):
-    """Does the model map an item's title to its ID? hit@1 and hit@10 with constrained decoding."""
-    trie = item_trie(tokenizer, sid_of_item)
-    prompts = [
-        chat_prompt_ids(tokenizer, [{"role": "user", "content": f"Which item is called {pair['title']}?"}])
-        for pair in pairs
-    ]
+def title_to_id_hits(
+    model, tokenizer, pairs: list[dict], token_lists, items: list[str], prompt_style: str = "chat", **kwargs
+):
+    """Does the model map an item's title to its ID (the grounding template title_to_tokens)? hit@1 and hit@10 with
+    constrained decoding over every item."""
+    trie = item_trie(tokenizer, token_lists)
+    prompts = [encode_prompt(tokenizer, _title_prompt(pair), prompt_style) for pair in pairs]
     rankings = rank_items(model, tokenizer, prompts, trie, kwargs.get("num_beams", 10), 10, kwargs.get("batch", 8))
     hit1 = sum(r[:1] == [item] for r, item in zip(rankings, items)) / len(items)
     hit10 = sum(item in r[:10] for r, item in zip(rankings, items)) / len(items)
@@ -78,14 +78,13 @@ def title_to_id_hits(model, tokenizer, pairs: list[dict], sid_of_item: dict[str,
 
 
 @torch.no_grad()
-def code_accuracy(model, tokenizer, pairs: list[dict], level_tokens: list[list[str]], batch_size: int = 16):
+def code_accuracy(
+    model, tokenizer, pairs: list[dict], level_tokens: list[list[str]], batch_size: int = 16, prompt_style="chat"
+):
     """Teacher-forced accuracy of each semantic-ID level given the title (argmax among that level's codes).
 
     Chance is 1 / (codes of the level). `level_tokens[l]` lists level l's token strings.
     """
-    from ..templates import encode_prompt_answer
-    from ..training import answer_collator, answer_logits_and_targets
-
     level_ids = [torch.tensor(tokenizer.convert_tokens_to_ids(tokens)) for tokens in level_tokens]
     collator = answer_collator(tokenizer)
     was_training = model.training
@@ -95,7 +94,7 @@ def code_accuracy(model, tokenizer, pairs: list[dict], level_tokens: list[list[s
     device = next(model.parameters()).device
     for start in range(0, len(pairs), batch_size):
         rows = [
-            encode_prompt_answer(tokenizer, f"Which item is called {p['title']}?", p["tokens"], 256)
+            encode_prompt_answer(tokenizer, _title_prompt(p), p["tokens"], 256, prompt_style)
             for p in pairs[start : start + batch_size]
         ]
         batch = {k: v.to(device) for k, v in collator(rows).items()}

@@ -251,12 +251,15 @@ def popularity_ranking(histories: Mapping[str, Sequence[str]], k: int | None = N
 
 # ---- prompts -----------------------------------------------------------------------------------------------
 def recommendation_messages(
-    history_sids: Sequence[str], target_sid: str | None = None, template: str = RECOMMENDATION_PROMPT
+    history_sids: Sequence[str],
+    target_sid: str | None = None,
+    template: str = RECOMMENDATION_PROMPT,
+    separator: str = ", ",
 ) -> list[dict[str, str]]:
     """Chat messages asking for the next item; the answer turn (the target SID) is added when given."""
     if not history_sids:
         raise ValueError("`history_sids` is empty: a recommendation prompt needs at least one past item.")
-    messages = [{"role": "user", "content": template.format(history=", ".join(history_sids))}]
+    messages = [{"role": "user", "content": template.format(history=separator.join(history_sids))}]
     if target_sid is not None:
         messages.append({"role": "assistant", "content": target_sid})
     return messages

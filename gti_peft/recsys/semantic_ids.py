@@ -246,6 +246,13 @@ class SemanticIDs:
         """The item whose ID is ``sid`` (a string of tokens), or ``None`` when no item has it."""
         return self._by_sid.get(sid)
 
+    def token_lists(self) -> dict[str, list[str]]:
+        """``{item_id: [token, ...]}`` for every item, in item order: the ID as its new tokens, one per level."""
+        return {
+            item: [self.token(level, code) for level, code in enumerate(row)]
+            for item, row in zip(self.item_ids, self.full_codes.tolist())
+        }
+
     def to_dict(self) -> dict[str, str]:
         """``{item_id: sid_string}`` for every item, in item order."""
         return dict(zip(self.item_ids, self._sids))

@@ -1,0 +1,178 @@
+"""Examples/s and tokens/s of the SmolLM2 recipe's own fine-tuning and grounding steps, before and after each change.
+
+    .venv/bin/python benchmarks/recipe_speed.py                # ~10 min on 2 cores
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
+        .venv/bin/python benchmarks/recipe_speed.py --tag avx2  # an AVX2-only CPU, approximately
+
+Every arm trains the same model (SmolLM2-135M + GTI, the recipe's build_model) on the same training windows and
+grounding pairs; only the setting named by the arm changes, cumulatively, starting from the recipe as it was
+(chat template with its default system prompt, ", " between IDs, lora_dropout 0.05, fp32). Interleaved rounds;
+the first step of each round is not timed. Writes benchmarks/results/recipe_speed[-<tag>].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from environment import run_environment
+from transformers import TrainerCallback, TrainingArguments
+
+from gti_peft.grounding import grounding_dataset, only_new_rows_trainable
+from gti_peft.precision import bf16_is_faster
+from gti_peft.recipe.config import load_recipe_config
+from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
+from gti_peft.recipe.model import build_model
+from gti_peft.recsys import grounding_pairs
+from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
+# cumulative: each arm adds one change to the one before
+ARMS = {
+    "before (chat + system prompt, ', ', dropout 0.05, fp32)": [
+        "data.prompt_style=chat",
+        "data.history_separator=', '",
+        "adapter.lora_dropout=0.05",
+    ],
+    "+ plain prompts, no separator": [
+        "data.prompt_style=plain",
+        "data.history_separator=''",
+        "adapter.lora_dropout=0.05",
+    ],
+    "+ lora_dropout 0": ["data.prompt_style=plain", "data.history_separator=''", "adapter.lora_dropout=0.0"],
+}
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _timed_steps(model, dataset, collator, options: dict, steps: int, rows_only: bool) -> list[float]:
+    timer = StepTimer()
+    args = TrainingArguments(max_steps=steps, **options)
+    trainer = AnswerOnlyTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer]
+    )
+    model.train()
+    if rows_only:
+        with only_new_rows_trainable(model):
+            trainer.train()
+    else:
+        trainer.train()
+    return timer.times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="steps per round; the first is not timed")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="gti-recipe-speed-"))
+    bf16 = bf16_is_faster()
+    arms = dict(ARMS)
+    if bf16:
+        arms["+ bf16 (auto: faster on this CPU)"] = [
+            *ARMS["+ lora_dropout 0"],
+            "finetune.bf16=true",
+            "grounding.bf16=true",
+        ]
+    arms["+ group_by_length"] = [
+        *list(arms.values())[-1],
+        "finetune.train_sampling_strategy=group_by_length",
+        "grounding.train_sampling_strategy=group_by_length",
+    ]
+    built = {}
+    for name, overrides in arms.items():
+        config = load_recipe_config(CONFIG, [f"output.output_dir={out}", *overrides])
+        data = load_data(config)
+        sids = semantic_ids_stage(config, data, out, PartialState())
+        torch.manual_seed(0)
+        tokenizer, model = build_model(config, sids, data, None)
+        finetune = finetune_dataset(config, tokenizer, sids, data)
+        pairs = grounding_pairs(data.items, sids)
+        grounding = grounding_dataset(
+            tokenizer, pairs, grounding_templates(config), config.data.max_length, config.data.prompt_style
+        ).remove_columns(["template"])
+        built[name] = (config, tokenizer, model, finetune, grounding)
+    times = {(name, stage): [] for name in arms for stage in ("finetune", "ground")}
+    for round_ in range(args.rounds):
+        keys = list(times)
+        keys = keys[round_ % len(keys) :] + keys[: round_ % len(keys)]
+        for name, stage in keys:
+            config, tokenizer, model, finetune, grounding = built[name]
+            section = config.finetune if stage == "finetune" else config.grounding
+            options = {
+                "output_dir": str(out / "trainer"),
+                "per_device_train_batch_size": section.option("per_device_train_batch_size"),
+                "learning_rate": 1e-4,
+                "bf16": section.option("bf16") is True,
+                "train_sampling_strategy": section.option("train_sampling_strategy"),
+                "save_strategy": "no",
+                "report_to": "none",
+                "disable_tqdm": True,
+                "logging_strategy": "no",
+                "remove_unused_columns": False,
+                "use_cpu": True,
+                "seed": round_,
+            }
+            dataset = finetune if stage == "finetune" else grounding
+            step_times = _timed_steps(
+                model, dataset, answer_collator(tokenizer), options, args.steps, rows_only=stage == "ground"
+            )
+            times[(name, stage)] += step_times
+            print(f"round {round_} {stage:8s} {name}: {statistics.median(step_times):.2f} s/step", flush=True)
+    rows = []
+    for (name, stage), t in times.items():
+        config, tokenizer, model, finetune, grounding = built[name]
+        dataset = finetune if stage == "finetune" else grounding
+        batch = (config.finetune if stage == "finetune" else config.grounding).option("per_device_train_batch_size")
+        tokens = statistics.mean(len(ids) for ids in dataset["input_ids"])
+        first = answer_collator(tokenizer)([dataset[i] for i in range(batch)])
+        with torch.no_grad():
+            model.eval()
+            loss = float(answer_loss(model, first))
+        seconds = statistics.median(t)
+        rows.append(
+            {
+                "arm": name,
+                "stage": stage,
+                "median_s_per_step": seconds,
+                "examples_per_s": batch / seconds,
+                "tokens_per_s": batch * tokens / seconds,
+                "mean_tokens_per_example": tokens,
+                "first_batch_loss_eval": loss,
+                "steps_timed": len(t),
+            }
+        )
+    for stage in ("finetune", "ground"):
+        stage_rows = [r for r in rows if r["stage"] == stage]
+        for r in stage_rows:
+            r["examples_per_s_vs_before"] = r["examples_per_s"] / stage_rows[0]["examples_per_s"]
+    result = run_environment() | {"rows": rows, "rounds": args.rounds, "steps_per_round": args.steps, "bf16": bf16}
+    name = "recipe_speed" + (f"-{args.tag}" if args.tag else "")
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    for r in rows:
+        print(
+            f"{r['stage']:8s} {r['arm']:55s} {r['examples_per_s']:6.2f} ex/s {r['tokens_per_s']:7.0f} tok/s "
+            f"x{r['examples_per_s_vs_before']:.2f} loss {r['first_batch_loss_eval']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

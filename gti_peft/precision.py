@@ -1,0 +1,44 @@
+"""Which precision to train in: bf16 only where this device runs it faster than fp32.
+
+GPUs with bf16 support run it faster. CPUs differ: with AMX or AVX512-bf16 a bf16 matmul is several times faster
+than fp32, on AVX2-only CPUs it is over 20x slower. `bf16="auto"` measures it once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+AUTO = "auto"
+
+
+def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up: first calls pick kernels
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def bf16_is_faster() -> bool:
+    """True where bf16 beats fp32 on this process's device: CUDA with bf16 support, or a CPU whose bf16 matmul is
+    measured faster than its fp32 matmul (AMX / AVX512-bf16; not AVX2-only CPUs, nor ONEDNN_MAX_CPU_ISA=AVX2)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return _matmul_seconds(torch.bfloat16) < 0.8 * _matmul_seconds(torch.float32)
+
+
+def resolve_bf16(value: bool | str) -> bool:
+    """`True` / `False` as given; `"auto"`: `bf16_is_faster()`."""
+    if value == AUTO:
+        return bf16_is_faster()
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"bf16 must be true, false or 'auto', got {value!r}.")
