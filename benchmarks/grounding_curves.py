@@ -101,8 +101,10 @@ def main() -> None:
             point = {"step": step}
             point |= diagnostics.cosine_stats(rows.float().cpu())
             point["effective_rank"] = diagnostics.effective_rank(rows.float().cpu())
-            point |= code_accuracy(model, tokenizer, eval_pairs, levels)
-            point |= title_to_id_hits(model, tokenizer, eval_pairs, sids.to_dict(), eval_items, num_beams=10)
+            point |= code_accuracy(model, tokenizer, eval_pairs, levels, prompt_style=config.data.prompt_style)
+            point |= title_to_id_hits(
+                model, tokenizer, eval_pairs, sids.token_lists(), eval_items, config.data.prompt_style, num_beams=10
+            )
             point["eval_seconds"] = time.perf_counter() - start
             curve.append(point)
             results["runs"][key] = {"curve": curve, "done": False}
@@ -116,6 +118,7 @@ def main() -> None:
             pairs,
             templates,
             max_length=config.data.max_length,
+            prompt_style=config.data.prompt_style,
             max_steps=args.steps,
             learning_rate=lr,
             per_device_train_batch_size=args.batch_size,

@@ -170,8 +170,12 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="JSON path (default: results/quality-<profile>)")
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override, e.g. finetune.max_steps=4")
     parser.add_argument("--probe-items", type=int, default=None, help="Items for title -> ID hits (profile default)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds for every arm (default: the profile's)")
     args = parser.parse_args()
     profile = dict(PROFILES[args.profile])
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        profile |= {"seeds": seeds, "compute_matched_seeds": seeds, "curve_seeds": seeds[:1]}
     profile["overrides"] = [*profile["overrides"], *args.set]
     profile["probe_items"] = args.probe_items or profile["probe_items"]
     out_root = Path(args.out) / args.profile

@@ -1,7 +1,7 @@
 """Sequential recommendation data: interactions -> per-user histories -> leave-one-out splits -> prompts.
 
-Interactions are a ``datasets.Dataset`` with columns ``user``, ``item`` (strings) and ``timestamp``; items a
-``datasets.Dataset`` with ``item``, ``title``, ``description``. Everything here is deterministic.
+Interactions are a `datasets.Dataset` with columns `user`, `item` (strings) and `timestamp`; items a
+`datasets.Dataset` with `item`, `title`, `description`. Everything here is deterministic.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class SequenceExample(TypedDict):
 
 @dataclass
 class LeaveOneOutSplit:
-    """``train``: each user's items but the last two; ``valid``/``test`` predict the second-to-last/last."""
+    """`train`: each user's items but the last two; `valid`/`test` predict the second-to-last/last."""
 
     train: dict[str, list[str]]
     valid: list[SequenceExample]
@@ -42,8 +42,8 @@ class LeaveOneOutSplit:
 
 
 class UserHistories(dict):
-    """``{user: [item, ...]}`` in time order, plus what was left out: ``n_dropped_users`` (too few
-    interactions) and ``n_dropped_interactions`` (their interactions and those naming unknown items)."""
+    """`{user: [item, ...]}` in time order, plus what was left out: `n_dropped_users` (too few
+    interactions) and `n_dropped_interactions` (their interactions and those naming unknown items)."""
 
     n_dropped_users: int = 0
     n_dropped_interactions: int = 0
@@ -63,8 +63,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
 def load_movielens_100k(data_dir: str | Path | None = None) -> tuple[Dataset, Dataset]:
     """MovieLens-100k from recbole's files (read in place: the licence forbids copying them).
 
-    Returns ``(interactions, items)``; an item's description reads e.g.
-    ``"Genres: Animation, Children's, Comedy. Released 1995."``.
+    Returns `(interactions, items)`; an item's description reads e.g.
+    `"Genres: Animation, Children's, Comedy. Released 1995."`.
     """
     folder = Path(data_dir) if data_dir is not None else movielens_100k_dir()
     header, rows = _read_tsv(folder / "ml-100k.inter")
@@ -116,9 +116,9 @@ def load_interactions(
     time_col: str | None = "timestamp",
     file_format: str | None = None,
 ) -> Dataset:
-    """Interactions from CSV/TSV, JSON(L) or Parquet (or a ``Dataset``) as columns ``user, item, timestamp``.
+    """Interactions from CSV/TSV, JSON(L) or Parquet (or a `Dataset`) as columns `user, item, timestamp`.
 
-    Ids become strings; with ``time_col=None`` the row order is the time order.
+    Ids become strings; with `time_col=None` the row order is the time order.
     """
     ds = _load_table(path_or_dataset, file_format)
     _require(ds, [c for c in (user_col, item_col, time_col) if c is not None], "interactions")
@@ -134,8 +134,8 @@ def load_items(
     description_cols: str | Sequence[str] = ("description",),
     file_format: str | None = None,
 ) -> Dataset:
-    """Item table as columns ``item, title, description``; several description columns are joined as
-    sentences (``"Drama. 1995."``)."""
+    """Item table as columns `item, title, description`; several description columns are joined as
+    sentences (`"Drama. 1995."`)."""
     cols = [description_cols] if isinstance(description_cols, str) else list(description_cols)
     ds = _load_table(path_or_dataset, file_format)
     _require(ds, [item_col, title_col, *cols], "items")
@@ -153,7 +153,7 @@ def _sentence(value: object) -> str:
 
 
 def item_texts(items: Dataset) -> tuple[list[str], list[str]]:
-    """``(item_ids, texts)`` with text ``"{title}. {description}"``: the input of ``SemanticIDs.build``."""
+    """`(item_ids, texts)` with text `"{title}. {description}"`: the input of `SemanticIDs.build`."""
     titles, descriptions = _column(items, "title"), _column(items, "description")
     return _column(items, "item"), [f"{_sentence(t) if t else ''} {d}".strip() for t, d in zip(titles, descriptions)]
 
@@ -167,9 +167,9 @@ def user_histories(
 ) -> UserHistories:
     """Each user's items ordered by timestamp (ties keep file order), users in order of first appearance.
 
-    Users with fewer than ``min_interactions`` are dropped and counted. When ``items`` (the item table or
-    its ids) is given, interactions naming other items raise a ``ValueError`` (or are dropped and counted
-    with ``drop_unknown=True``).
+    Users with fewer than `min_interactions` are dropped and counted. When `items` (the item table or
+    its ids) is given, interactions naming other items raise a `ValueError` (or are dropped and counted
+    with `drop_unknown=True`).
     """
     users, item_col, times = (_column(interactions, c) for c in ("user", "item", "timestamp"))
     result = UserHistories()
@@ -211,7 +211,7 @@ def _truncate(history: list[str], max_history: int | None) -> list[str]:
 
 def leave_one_out(histories: Mapping[str, Sequence[str]], max_history: int | None = None) -> LeaveOneOutSplit:
     """Test target = last item, valid target = second-to-last, train = the rest (histories of the
-    valid/test examples are everything before their target, the last ``max_history`` items if given)."""
+    valid/test examples are everything before their target, the last `max_history` items if given)."""
     short = [u for u, h in histories.items() if len(h) < 3]
     if short:
         raise ValueError(
@@ -231,8 +231,8 @@ def leave_one_out(histories: Mapping[str, Sequence[str]], max_history: int | Non
 def training_examples(
     histories: Mapping[str, Sequence[str]], max_history: int = 10, min_history: int = 1
 ) -> list[SequenceExample]:
-    """Sliding windows over each user's sequence: every item at position ``t >= min_history`` is a target
-    and the (at most ``max_history``) items before it its history."""
+    """Sliding windows over each user's sequence: every item at position `t >= min_history` is a target
+    and the (at most `max_history`) items before it its history."""
     if min_history < 1 or max_history < min_history:
         raise ValueError(
             f"Need 1 <= min_history <= max_history, got min_history={min_history}, max_history={max_history}."
@@ -245,7 +245,7 @@ def training_examples(
 
 
 def popularity_ranking(histories: Mapping[str, Sequence[str]], k: int | None = None) -> list[str]:
-    """Items by number of occurrences in ``histories`` (the training part), ties by first appearance."""
+    """Items by number of occurrences in `histories` (the training part), ties by first appearance."""
     return [item for item, _ in Counter(item for h in histories.values() for item in h).most_common(k)]
 
 
@@ -266,8 +266,8 @@ def recommendation_messages(
 
 
 def grounding_pairs(items: Dataset, sids: Mapping[str, str] | object) -> list[dict[str, str]]:
-    """``{"tokens", "title", "description"}`` per item, for the grounding stage. ``sids`` is a
-    ``SemanticIDs`` or an ``{item: sid_string}`` mapping; every item of the table needs an ID."""
+    """`{"tokens", "title", "description"}` per item, for the grounding stage. `sids` is a
+    `SemanticIDs` or an `{item: sid_string}` mapping; every item of the table needs an ID."""
     mapping = sids.to_dict() if hasattr(sids, "to_dict") else dict(sids)
     ids = _column(items, "item")
     missing = [i for i in ids if i not in mapping]

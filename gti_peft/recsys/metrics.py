@@ -7,9 +7,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 
 def target_ranks(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable]) -> list[int | None]:
-    """0-based position of each user's target in their ranking (``None`` when it is absent).
+    """0-based position of each user's target in their ranking (`None` when it is absent).
 
-    Raises ``ValueError`` when the lists differ in length or a ranking repeats an item.
+    Raises `ValueError` when the lists differ in length or a ranking repeats an item.
     """
     if len(rankings) != len(targets):
         raise ValueError(f"{len(rankings)} rankings for {len(targets)} targets: pass one ranking per target.")
@@ -41,13 +41,13 @@ def _ndcg(ranks: list[int | None], k: int) -> float:
 
 
 def recall_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], k: int) -> float:
-    """Share of users whose target is among their top ``k`` (= hit rate with one target per user)."""
+    """Share of users whose target is among their top `k` (= hit rate with one target per user)."""
     _check_k(k)
     return _recall(target_ranks(rankings, targets), k)
 
 
 def ndcg_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], k: int) -> float:
-    """Mean over users of ``1 / log2(rank + 2)`` when the target's 0-based rank is ``< k``, else 0."""
+    """Mean over users of `1 / log2(rank + 2)` when the target's 0-based rank is `< k`, else 0."""
     _check_k(k)
     return _ndcg(target_ranks(rankings, targets), k)
 
@@ -58,8 +58,8 @@ def evaluate_rankings(
     ks: Sequence[int] = (5, 10, 20),
     catalog_size: int | None = None,
 ) -> dict[str, float]:
-    """``recall@k`` and ``ndcg@k`` for each k, ``coverage@max_k`` (distinct items in the top max-k lists /
-    ``catalog_size``; only when it is given), ``distinct_top1`` (distinct first items) and ``n_users``."""
+    """`recall@k` and `ndcg@k` for each k, `coverage@max_k` (distinct items in the top max-k lists /
+    `catalog_size`; only when it is given), `distinct_top1` (distinct first items) and `n_users`."""
     if not ks:
         raise ValueError("`ks` is empty: pass the cut-offs to report, e.g. ks=(5, 10, 20).")
     for k in ks:
@@ -80,8 +80,8 @@ def evaluate_rankings(
 
 
 def format_metrics_table(named: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
-    """A Markdown table with one row per method (``{"popularity": {...}, "gti": {...}}``) and one column
-    per metric (first-seen order; a metric a method lacks shows as ``-``)."""
+    """A Markdown table with one row per method (`{"popularity": {...}, "gti": {...}}`) and one column
+    per metric (first-seen order; a metric a method lacks shows as `-`)."""
     if not named:
         raise ValueError("`named` is empty: pass {method_name: metrics_dict}.")
     columns = list(dict.fromkeys(key for metrics in named.values() for key in metrics))
