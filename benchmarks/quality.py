@@ -26,7 +26,10 @@ from render_results import format_quality, plot_quality
 from gti_peft.recsys import paired_bootstrap, per_user_hits
 
 ROOT = Path(__file__).resolve().parents[1]
-_CPU_COMMON = ["evaluation.max_users=null", "evaluation.bf16=auto", "grounding.bf16=auto", "finetune.bf16=auto"]
+_CPU_COMMON = [
+    "evaluation.max_users=null",  # every test user
+    "finetune.save_total_limit=null",  # every checkpoint stays for the budget curve
+]
 PROFILES = {
     "cpu": {
         "config": "recipes/smollm2-135m/movielens.yaml",
@@ -136,9 +139,8 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     return result
 
 
-def load_hits(folder: Path, k: int = 10) -> dict[str, tuple[float, float]]:
-    """user -> (recall@k, ndcg@k) from a recipe run's rankings.json."""
-    rankings = json.loads((folder / "rankings.json").read_text())
+def load_hits(rankings: dict, k: int = 10) -> dict[str, tuple[float, float]]:
+    """user -> (recall@k, ndcg@k) from a run's rankings ({user: {"target", "ranking"}}, as in rankings.json)."""
     targets = {u: r["target"] for u, r in rankings.items()}
     return per_user_hits({u: r["ranking"] for u, r in rankings.items()}, targets, k)
 
@@ -149,13 +151,13 @@ def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:
     return {u: tuple(sum(r[u][m] for r in runs) / len(runs) for m in (0, 1)) for u in users}
 
 
-def compare(results: dict, out_root: Path, a: str, b: str, seeds: list[int]) -> dict | None:
+def compare(results: dict, a: str, b: str, seeds: list[int]) -> dict | None:
     """Paired bootstrap of arm b minus arm a on recall@10 and ndcg@10, per-user hits averaged over `seeds`."""
-    folders = [(out_root / f"{a}-seed{s}", out_root / f"{b}-seed{s}") for s in seeds]
-    if not all((fa / "rankings.json").exists() and (fb / "rankings.json").exists() for fa, fb in folders):
+    runs = [(results["runs"].get(f"{a}/seed{s}"), results["runs"].get(f"{b}/seed{s}")) for s in seeds]
+    if not all(ra and rb and "rankings" in ra and "rankings" in rb for ra, rb in runs):
         return None
-    ha = average_hits([load_hits(fa) for fa, _ in folders])
-    hb = average_hits([load_hits(fb) for _, fb in folders])
+    ha = average_hits([load_hits(ra["rankings"]) for ra, _ in runs])
+    hb = average_hits([load_hits(rb["rankings"]) for _, rb in runs])
     result = {"seeds": seeds}
     for i, metric in enumerate(("recall@10", "ndcg@10")):
         result[metric] = paired_bootstrap({u: h[i] for u, h in ha.items()}, {u: h[i] for u, h in hb.items()})
@@ -184,18 +186,21 @@ def main() -> None:
     if unknown:
         raise ValueError(f"--arms has unknown arm(s) {unknown}; known: {list(ARMS)}.")
     path = Path(args.results or ROOT / "benchmarks" / "results" / f"quality-{args.profile}.json")
+    # finished runs are kept in the results JSON (rankings included), so a run resumes on another machine too
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    keep = previous.get("settings", {}).get("overrides") == profile["overrides"]
     results = {
         "profile": args.profile,
         "settings": {**profile, "arms": wanted},
         **run_environment(),
-        "runs": {},
-        "curve": {},
+        "runs": previous.get("runs", {}) if keep else {},
+        "curve": previous.get("curve", {}) if keep else {},
         "bootstrap": {},
     }
     for name in wanted:
         for seed in _arm_seeds(profile, name):
             extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
-            if extra is None:
+            if extra is None or "rankings" in results["runs"].get(f"{name}/seed{seed}", {}):
                 continue
             config = arm_config(profile, out_root, name, seed, extra)
             folder = Path(config.output.output_dir)
@@ -203,28 +208,29 @@ def main() -> None:
             run = run_arm(config)
             final = probe(config, folder / "adapter", profile["probe_items"], False)
             summary = _summary(run) | {"final": _probe_summary(final)}
+            summary["rankings"] = json.loads((folder / "rankings.json").read_text())
             if ARMS[name][1]:
                 grounded = probe(config, folder / "grounded", profile["probe_items"], name in profile["seeded_arms"])
                 summary["grounded"] = _probe_summary(grounded)
                 if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
                     results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
             results["runs"][f"{name}/seed{seed}"] = summary
+            if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
+                budget_curve(results, config, name, seed, profile["probe_items"])
             print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-            _write(results, path, out_root, profile["seeds"])
-    for name in profile["seeded_arms"]:
-        for seed in profile["curve_seeds"]:
-            folder = out_root / f"{name}-seed{seed}" / "checkpoints-finetune"
-            if name not in wanted or not folder.is_dir():
-                continue
-            config = arm_config(profile, out_root, name, seed)
-            for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-                step = int(checkpoint.name.split("-")[1])
-                if step < config.finetune.max_steps:
-                    point = probe(config, checkpoint, profile["probe_items"], True)
-                    results["curve"][f"{name}/seed{seed}/step{step}"] = point["metrics"]
-            _write(results, path, out_root, profile["seeds"])
-    _write(results, path, out_root, profile["seeds"])
+            _write(results, path, profile["seeds"])
+    _write(results, path, profile["seeds"])
     print(format_quality(results), flush=True)
+
+
+def budget_curve(results: dict, config, name: str, seed: int, probe_items: int) -> None:
+    """Next-item metrics of every fine-tuning checkpoint of one run (step 0, grounded only, comes from the probe)."""
+    folder = Path(config.output.output_dir) / "checkpoints-finetune"
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(checkpoint.name.split("-")[1])
+        if step < config.finetune.max_steps and f"{name}/seed{seed}/step{step}" not in results["curve"]:
+            point = probe(config, checkpoint, probe_items, True)
+            results["curve"][f"{name}/seed{seed}/step{step}"] = point["metrics"]
 
 
 def _compute_matched_steps(results: dict) -> list[str] | None:
@@ -243,7 +249,7 @@ def _arm_seeds(profile: dict, name: str) -> list[int]:
     return profile["seeds"] if name in profile["seeded_arms"] else profile["seeds"][:1]
 
 
-def _write(results: dict, path: Path, out_root: Path, seeds: list[int]) -> None:
+def _write(results: dict, path: Path, seeds: list[int]) -> None:
     """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG."""
     for group in [*([s] for s in seeds), seeds]:
         pairs = [
@@ -253,7 +259,7 @@ def _write(results: dict, path: Path, out_root: Path, seeds: list[int]) -> None:
             ("gti_mean", "gti_mix"),
         ]
         for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
-            comparison = compare(results, out_root, a, b, group)
+            comparison = compare(results, a, b, group)
             if comparison is not None:
                 results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
     path.parent.mkdir(parents=True, exist_ok=True)
