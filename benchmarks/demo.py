@@ -1,14 +1,17 @@
 """`make demo`, measured: the default recipe, and the same settings without grounding (one seed each).
 
     .venv/bin/python benchmarks/demo.py      # ~25 min on 2 cores; a finished run is not run again
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
+        .venv/bin/python benchmarks/demo.py --tag avx2 --runs gti   # the demo on an AVX2-only CPU, approximately
 
 Each run is the README's demo command in its own process (wall time includes start-up), with its own output_dir
-under outputs/benchmarks/demo/. Writes benchmarks/results/demo-smollm2-movielens.json, which render_results.py
-turns into the README's demo section.
+under outputs/benchmarks/demo[-<tag>]/. Writes benchmarks/results/demo-smollm2-movielens[-<tag>].json (with the
+CPU's instruction sets), which render_results.py turns into the README's demo section.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -19,13 +22,13 @@ from environment import run_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
-OUT = ROOT / "outputs" / "benchmarks" / "demo"
-RUNS = {"gti": [], "mean_no_grounding": ["--set", "grounding.max_steps=0"]}
+RUNS = {"gti": [], "mean_no_grounding": ["--set", "grounding.max_steps=0", "--set", "finetune.grounding_mix=0"]}
+KEEP = ("command", "wall_seconds", "metrics", "timings_s", "geometry")
 
 
-def run(name: str, extra: list[str]) -> dict:
+def run(out_root: Path, name: str, extra: list[str]) -> dict:
     """The recipe in a fresh process; its metrics.json plus the measured wall time."""
-    out = OUT / name
+    out = out_root / name
     wall_file = out / "demo_wall.json"
     command = ["recipes/gti.py", "--config", CONFIG, *extra, "--set", f"output.output_dir={out.relative_to(ROOT)}"]
     if not wall_file.exists():
@@ -37,13 +40,20 @@ def run(name: str, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    gti, base = (run(name, extra) for name, extra in RUNS.items())
-    keep = ("command", "wall_seconds", "metrics", "timings_s", "geometry")
-    result = {k: gti[k] for k in (*keep, "table", "grounding", "finetune")}
-    result |= run_environment() | {"baseline_mean_no_grounding": {k: base[k] for k in keep}}
-    path = ROOT / "benchmarks" / "results" / "demo-smollm2-movielens.json"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="", help="names the output folder and results file, e.g. avx2")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {list(RUNS)}")
+    args = parser.parse_args()
+    suffix = f"-{args.tag}" if args.tag else ""
+    out_root = ROOT / "outputs" / "benchmarks" / f"demo{suffix}"
+    done = {name: run(out_root, name, RUNS[name]) for name in args.runs.split(",")}
+    gti = done["gti"]
+    result = {k: gti[k] for k in (*KEEP, "table", "grounding", "finetune") if k in gti} | run_environment()
+    if "mean_no_grounding" in done:
+        result["baseline_mean_no_grounding"] = {k: done["mean_no_grounding"][k] for k in KEEP}
+    path = ROOT / "benchmarks" / "results" / f"demo-smollm2-movielens{suffix}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(result["table"])
+    print(result["table"], f"\nwall time {result['wall_seconds'] / 60:.1f} min on {result['machine']}")
 
 
 if __name__ == "__main__":

@@ -51,17 +51,22 @@ ARMS = {
 
 
 class StepTimer(TrainerCallback):
+    """Wall and process CPU seconds of every step. On a busy machine the wall time drifts with the other load;
+    the CPU time of a 1-thread run (`--threads 1`) counts only this run's own work."""
+
     def __init__(self):
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self._start)
+        self.cpu_times.append(time.process_time() - self._cpu)
 
 
-def _timed_steps(model, dataset, collator, options: dict, steps: int, rows_only: bool) -> list[float]:
+def _timed_steps(model, dataset, collator, options: dict, steps: int, rows_only: bool) -> StepTimer:
     timer = StepTimer()
     args = TrainingArguments(max_steps=steps, **options)
     trainer = AnswerOnlyTrainer(
@@ -73,7 +78,7 @@ def _timed_steps(model, dataset, collator, options: dict, steps: int, rows_only:
             trainer.train()
     else:
         trainer.train()
-    return timer.times[1:]
+    return timer
 
 
 def main() -> None:
@@ -81,7 +86,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="steps per round; the first is not timed")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time is contention-proof)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="gti-recipe-speed-"))
     bf16 = bf16_is_faster()
     arms = dict(ARMS)
@@ -110,6 +118,7 @@ def main() -> None:
         ).remove_columns(["template"])
         built[name] = (config, tokenizer, model, finetune, grounding)
     times = {(name, stage): [] for name in arms for stage in ("finetune", "ground")}
+    cpu_times = {key: [] for key in times}
     for round_ in range(args.rounds):
         keys = list(times)
         keys = keys[round_ % len(keys) :] + keys[: round_ % len(keys)]
@@ -131,11 +140,16 @@ def main() -> None:
                 "seed": round_,
             }
             dataset = finetune if stage == "finetune" else grounding
-            step_times = _timed_steps(
+            timer = _timed_steps(
                 model, dataset, answer_collator(tokenizer), options, args.steps, rows_only=stage == "ground"
             )
-            times[(name, stage)] += step_times
-            print(f"round {round_} {stage:8s} {name}: {statistics.median(step_times):.2f} s/step", flush=True)
+            times[(name, stage)] += timer.times[1:]  # the first step builds the optimizer state
+            cpu_times[(name, stage)] += timer.cpu_times[1:]
+            print(
+                f"round {round_} {stage:8s} {name}: {statistics.median(timer.times[1:]):.2f} s/step, "
+                f"{statistics.median(timer.cpu_times[1:]):.2f} CPU s/step",
+                flush=True,
+            )
     rows = []
     for (name, stage), t in times.items():
         config, tokenizer, model, finetune, grounding = built[name]
@@ -146,7 +160,7 @@ def main() -> None:
         with torch.no_grad():
             model.eval()
             loss = float(answer_loss(model, first))
-        seconds = statistics.median(t)
+        seconds, cpu_seconds = statistics.median(t), statistics.median(cpu_times[(name, stage)])
         rows.append(
             {
                 "arm": name,
@@ -154,6 +168,8 @@ def main() -> None:
                 "median_s_per_step": seconds,
                 "examples_per_s": batch / seconds,
                 "tokens_per_s": batch * tokens / seconds,
+                "median_cpu_s_per_step": cpu_seconds,
+                "examples_per_cpu_s": batch / cpu_seconds,
                 "mean_tokens_per_example": tokens,
                 "first_batch_loss_eval": loss,
                 "steps_timed": len(t),
@@ -163,14 +179,17 @@ def main() -> None:
         stage_rows = [r for r in rows if r["stage"] == stage]
         for r in stage_rows:
             r["examples_per_s_vs_before"] = r["examples_per_s"] / stage_rows[0]["examples_per_s"]
+            r["examples_per_cpu_s_vs_before"] = r["examples_per_cpu_s"] / stage_rows[0]["examples_per_cpu_s"]
     result = run_environment() | {"rows": rows, "rounds": args.rounds, "steps_per_round": args.steps, "bf16": bf16}
+    result["threads"] = torch.get_num_threads()
     name = "recipe_speed" + (f"-{args.tag}" if args.tag else "")
     path = ROOT / "benchmarks" / "results" / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     for r in rows:
         print(
             f"{r['stage']:8s} {r['arm']:55s} {r['examples_per_s']:6.2f} ex/s {r['tokens_per_s']:7.0f} tok/s "
-            f"x{r['examples_per_s_vs_before']:.2f} loss {r['first_batch_loss_eval']:.4f}"
+            f"x{r['examples_per_s_vs_before']:.2f} | {r['examples_per_cpu_s']:6.2f} ex/CPU-s "
+            f"x{r['examples_per_cpu_s_vs_before']:.2f} | loss {r['first_batch_loss_eval']:.4f}"
         )
 
 

@@ -97,6 +97,35 @@ def constrained_decoding() -> list[str]:
     ]
 
 
+def recipe_speed() -> list[str]:
+    runs = [d for d in (_load("recipe_speed"), _load("recipe_speed-avx2")) if d is not None]
+    if not runs:
+        return []
+    lines = [
+        "### The recipe's own steps, before and after (`benchmarks/recipe_speed.py`)",
+        "SmolLM2-135M + GTI, the same training windows and grounding pairs in every arm; each arm adds one change to "
+        "the one above it. CPU s/step is the process's CPU time at 1 thread, which the machine's other load does not "
+        "inflate; wall s/step is what it took on the shared machine.",
+        "",
+    ]
+    for data in runs:
+        lines += [
+            f"{data['machine']}; {data['threads']} thread(s), {data['rounds']} round(s) of {data['steps_per_round']} "
+            f"steps; {data['date']}.",
+            "",
+            "| stage | arm | tokens/example | CPU s/step | examples per CPU-s | vs before | wall s/step | eval loss |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} | "
+            f"{r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | {r['median_s_per_step']:.2f} "
+            f"| {r['first_batch_loss_eval']:.4f} |"
+            for r in data["rows"]
+        ]
+        lines.append("")
+    return lines
+
+
 def demo() -> list[str]:
     data = _load("demo-smollm2-movielens")
     if data is None:
@@ -282,7 +311,15 @@ def plot_quality(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    sections = [quality(), demo(), speed(), new_token_layers(), constrained_decoding(), grounding_curves()]
+    sections = [
+        quality(),
+        demo(),
+        recipe_speed(),
+        speed(),
+        new_token_layers(),
+        constrained_decoding(),
+        grounding_curves(),
+    ]
     body = [START, "## Results", "", *[line for section in sections for line in section], END]
     readme = (ROOT / "README.md").read_text()
     block = "\n".join(body)
