@@ -86,13 +86,17 @@ def test_fsdp2_recipe_on_two_cpu_ranks_matches_one_process(tiny_run_files, tmp_p
     launch = [BIN / "accelerate", "launch", "--config_file", CONFIGS / "fsdp.yaml", "--mixed_precision", "no"]
     _launch(*launch, "--main_process_port", "29534", __file__, "recipe", *command[1:])
 
-    # the Trainer really sharded: its checkpoints are FSDP's sharded state dicts
-    assert list((sharded / "checkpoints-finetune").glob("checkpoint-*/pytorch_model_fsdp_0/*.distcp"))
+    # the Trainer really sharded: its checkpoints are FSDP's sharded state dicts, and hold LoRA + rows only too
+    from torch.distributed.checkpoint import FileSystemReader
+
+    checkpoint = sharded / "checkpoints-finetune" / "checkpoint-3" / "pytorch_model_fsdp_0"
+    keys = FileSystemReader(checkpoint).read_metadata().state_dict_metadata
+    assert keys and all(".lora_" in k or k.endswith(".gti_rows") for k in keys), sorted(keys)
     for folder in ("grounded", "adapter"):
         worst = assert_same(adapter_tensors(single, folder), adapter_tensors(sharded, folder), atol=1e-5)
         print(f"FSDP2, 2 CPU ranks vs 1 process, {folder}: max abs difference {worst:.2e}")
     tensors = adapter_tensors(sharded)
-    print("saved keys:", sorted(tensors))
+    print(f"saved: {len(tensors)} tensors,", sorted(k for k in tensors if ".lora_" not in k), "and LoRA A/B")
     new_ids = json.loads((sharded / "adapter" / "adapter_config.json").read_text())["new_token_ids"]
     assert_small_adapter(tensors, hidden=32, new_rows=len(new_ids))
     assert "model" in json.loads((sharded / "metrics.json").read_text())["metrics"]  # evaluation ran after FSDP
