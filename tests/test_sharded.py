@@ -18,13 +18,12 @@ import copy
 import json
 import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_yaml
+from conftest import NEW_IDS, tiny_llama, tiny_yaml
 from test_reliability import adapter_tensors, assert_same, recipe_command, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +33,8 @@ NEW_TOKENS = [f"<s_{i}>" for i in range(6)]
 STEPS, LR = 3, 1e-2
 
 
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
 def _launch(*command: str | Path) -> None:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=ROOT, env=_env())
-    assert result.returncode == 0, result.stderr[-4000:]
+    run([str(part) for part in command])
 
 
 def assert_small_adapter(tensors: dict[str, torch.Tensor], hidden: int, new_rows: int) -> None:
@@ -61,8 +55,8 @@ def test_accelerate_configs_parse():
 
 
 def test_tie_weights_keeps_a_tied_gti_model_tied(batch):
-    # accelerate's FSDP2 preparation calls tie_weights(), which assigns `lm_head.weight`: a GTI head wraps it
-    from conftest import NEW_IDS, tiny_llama
+    # accelerate's FSDP2 preparation (cpu_ram_efficient_loading) reloads the weights, then calls tie_weights(),
+    # which assigns `lm_head.weight`: on a GTI model that attribute is the head's wrapped base layer's
     from peft import get_peft_model
 
     from gti_peft import GTIConfig
@@ -70,7 +64,7 @@ def test_tie_weights_keeps_a_tied_gti_model_tied(batch):
     model = get_peft_model(tiny_llama(tied=True), GTIConfig(new_token_ids=NEW_IDS, r=2, target_modules=["q_proj"]))
     before = model(input_ids=batch["input_ids"]).logits
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-    head.get_base_layer().weight = torch.nn.Parameter(embedding.base_weight.detach().clone())  # untied, as on meta
+    head.get_base_layer().weight = torch.nn.Parameter(embedding.base_weight.detach().clone())  # untied
     model.tie_weights()
     assert head.base_weight is embedding.base_weight
     torch.testing.assert_close(model(input_ids=batch["input_ids"]).logits, before, rtol=0, atol=0)
