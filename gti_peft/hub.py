@@ -23,6 +23,7 @@ from .layer import NewTokenLayer, NewTokenLMHead
 from .model_card import adapter_card, card_info, exported_card, layers, merged_card
 from .peft_type import PEFT_TYPE_GTI
 from .saving import write_folder_atomically
+from .training import is_fsdp_sharded
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _DELTA = "token_adapter.trainable_tokens_delta"  # PEFT's TrainableTokens key
@@ -37,6 +38,12 @@ def _gti_config(model, tokenizer) -> tuple[Any, str]:
             f"`model` must be a PeftModel with an active GTI adapter (`get_peft_model(base, GTIConfig(...))` or "
             f"`PeftModel.from_pretrained(base, gti_folder)`), got {type(model).__name__} "
             f"(peft_type {getattr(config, 'peft_type', None)!r})."
+        )
+    if is_fsdp_sharded(model):
+        raise ValueError(
+            "`model` is sharded by FSDP: each rank holds only pieces of its parameters. Save the unsharded model "
+            "that `AnswerOnlyTrainer.train()` hands back, or gather the pieces on every rank first with "
+            "`gti_peft.training.copy_trained_parameters(sharded, unsharded_copy)` and save the copy."
         )
     if any(isinstance(m, NewTokenLayer) and m.merged for m in model.modules()):
         raise ValueError("`model` has its GTI adapter merged: call `model.unmerge_adapter()` before saving it.")

@@ -35,6 +35,14 @@ class NewTokenLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         self._merge_backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
+    def __setattr__(self, name: str, value) -> None:
+        # transformers' `tie_weights()` (also run by accelerate's FSDP2 preparation) ties the head by assigning
+        # `lm_head.weight`; here `weight` is the base layer's (read-only property): tie the base layer instead
+        if name == "weight" and isinstance(value, nn.Parameter) and "base_layer" in self._modules:
+            setattr(self.get_base_layer(), name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def base_weight(self) -> torch.Tensor:
         return self.get_base_layer().weight

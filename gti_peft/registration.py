@@ -6,6 +6,7 @@ import functools
 import json
 from pathlib import Path
 
+import peft
 import peft.peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import register_peft_method
@@ -57,10 +58,10 @@ def register() -> None:
     """Idempotent: safe to call from several imports."""
     if PEFT_TYPE_GTI not in PEFT_TYPE_TO_CONFIG_MAPPING:
         register_peft_method(name="gti", config_cls=GTIConfig, model_cls=GTIModel, prefix="lora_")
-    if not getattr(peft.peft_model.get_peft_model_state_dict, "__gti_wrapped__", False):
-        peft.peft_model.get_peft_model_state_dict = _never_save_full_embeddings(
-            peft.peft_model.get_peft_model_state_dict
-        )
+    # PeftModel.save_pretrained reads it from peft.peft_model; accelerate's FSDP checkpoints from `peft`
+    for module in (peft.peft_model, peft):
+        if not getattr(module.get_peft_model_state_dict, "__gti_wrapped__", False):
+            module.get_peft_model_state_dict = _never_save_full_embeddings(module.get_peft_model_state_dict)
     model_cls = peft.peft_model.PeftModel
     if not getattr(model_cls.push_to_hub, "__gti_wrapped__", False):
         model_cls.push_to_hub = guard_push_to_hub(model_cls.push_to_hub)

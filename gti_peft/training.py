@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from transformers import DataCollatorForSeq2Seq, Trainer
@@ -60,10 +62,46 @@ def release_from_accelerate(model) -> None:
     model.__dict__.pop("_is_accelerate_prepared", None)
 
 
+def is_fsdp_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP (1 or 2) wraps `model` or any of its submodules: its parameters are then pieces on each rank."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
+
+
+def copy_trained_parameters(sharded: torch.nn.Module, model: torch.nn.Module) -> list[str]:
+    """Gather the trainable parameters of an FSDP-sharded copy of `model` and write them into `model`.
+
+    Call it on every rank (the gathering is collective). `sharded` is the FSDP1 wrapper or the FSDP2
+    (`fully_shard`) module; frozen parameters are neither gathered nor touched. Returns the names written.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+    gathered = get_model_state_dict(sharded, options=options)  # clean names, full tensors on every rank
+    targets = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    # torch drops frozen parameters by their first name only: a tied head's frozen weight comes along, unused
+    trained = {name: value for name, value in gathered.items() if name in targets}
+    missing = sorted(set(targets) - set(trained))
+    if missing:
+        raise ValueError(
+            f"The sharded model does not mirror `model`: its trainable parameters {missing[:3]} were not gathered. "
+            "Pass the FSDP-wrapped copy of this very model, with the same parameters trainable."
+        )
+    with torch.no_grad():
+        for name, value in trained.items():
+            targets[name].copy_(value)
+    return sorted(trained)
+
+
 class AnswerOnlyTrainer(Trainer):
     """`transformers.Trainer` whose loss computes logits only where labels are set (same loss, less work).
 
     `train()` hands the model back as it came: a later Trainer (grounding, then fine-tuning) gets its own precision.
+    Under FSDP, which shards a model in place, a copy is trained and its trained parameters are gathered back into
+    the caller's model: saving, evaluation and the next stage see a plain model on every rank.
     """
 
     def __init__(self, *args, **kwargs):
@@ -74,11 +112,17 @@ class AnswerOnlyTrainer(Trainer):
     def train(self, *args, **kwargs):
         model = self.model  # the caller's model: under FSDP, Trainer replaces self.model by the wrapper
         prepared_before = getattr(model, "_is_accelerate_prepared", False)
+        sharded = self.is_fsdp_enabled and not prepared_before
+        if sharded:  # FSDP2 turns the module itself into a sharded one (DTensors, a new class): shard a copy
+            self.model = self.model_wrapped = copy.deepcopy(model)
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
         finally:
             if not prepared_before:
                 release_from_accelerate(model)
+        if sharded:
+            copy_trained_parameters(self.model_wrapped, model)
+        return result
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = answer_loss(model, inputs, num_items_in_batch)
