@@ -105,7 +105,8 @@ def recipe_speed() -> list[str]:
         "### The recipe's own steps, before and after (`benchmarks/recipe_speed.py`)",
         "SmolLM2-135M + GTI, the same training windows and grounding pairs in every arm; each arm adds one change to "
         "the one above it. CPU s/step is the process's CPU time at 1 thread, which the machine's other load does not "
-        "inflate; wall s/step is what it took on the shared machine.",
+        "inflate; wall s/step is what it took on the shared machine. Loss: the first batch's answer loss before "
+        "training (it changes with the prompts, not with dropout, bf16 rounding aside, or batching).",
         "",
     ]
     for data in runs:
@@ -113,13 +114,16 @@ def recipe_speed() -> list[str]:
             f"{data['machine']}; {data['threads']} thread(s), {data['rounds']} round(s) of {data['steps_per_round']} "
             f"steps; {data['date']}.",
             "",
-            "| stage | arm | tokens/example | CPU s/step | examples per CPU-s | vs before | wall s/step | eval loss |",
+            "| stage | arm | tokens/example | CPU s/step | examples per CPU-s | vs before | wall s/step | loss |",
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} | "
             f"{r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | {r['median_s_per_step']:.2f} "
-            f"| {r['first_batch_loss_eval']:.4f} |"
+            f"| {r['first_batch_loss_before_training']:.4f} |"
+            if "first_batch_loss_before_training" in r
+            else f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} | "
+            f"{r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | {r['median_s_per_step']:.2f} | - |"
             for r in data["rows"]
         ]
         lines.append("")

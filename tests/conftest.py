@@ -111,9 +111,11 @@ data: {{dataset: files, interactions_path: {root / "interactions.csv"}, items_pa
        max_history: 3, max_length: 96}}
 semantic_ids: {{levels: 2, codes_per_level: 4}}
 adapter: {{init: mean, r: 2, lora_alpha: 4}}
-grounding: {{max_steps: 3, learning_rate: 0.01, per_device_train_batch_size: 4, save_steps: 2, logging_steps: 1}}
-finetune: {{max_steps: 3, learning_rate: 0.01, per_device_train_batch_size: 4, save_steps: 2, logging_steps: 1}}
-evaluation: {{num_beams: 5, top_k: 5, max_users: 6, batch_size: 3}}
+grounding: {{max_steps: 3, learning_rate: 0.01, per_device_train_batch_size: 4, save_steps: 2, logging_steps: 1,
+            bf16: false}}
+finetune: {{max_steps: 3, learning_rate: 0.01, per_device_train_batch_size: 4, save_steps: 2, logging_steps: 1,
+           bf16: false}}
+evaluation: {{num_beams: 5, top_k: 5, max_users: 6, batch_size: 3, bf16: false}}
 output: {{output_dir: {out}}}
 """
     )

@@ -75,8 +75,8 @@ def test_fsdp2_recipe_on_two_cpu_ranks_matches_one_process(tiny_run_files, tmp_p
     single = tmp_path / "single"
     run(recipe_command(tiny_yaml(tiny_run_files, single)))
     sharded = tmp_path / "sharded"
-    command = recipe_command(tiny_yaml(tiny_run_files, sharded), "--set", "grounding.batch_size=2")
-    command += ["--set", "finetune.batch_size=2", "--set", "output.stages=[ground,finetune,evaluate]"]
+    command = recipe_command(tiny_yaml(tiny_run_files, sharded), "--set", "grounding.per_device_train_batch_size=2")
+    command += ["--set", "finetune.per_device_train_batch_size=2", "--set", "output.stages=[ground,finetune,evaluate]"]
     launch = [BIN / "accelerate", "launch", "--config_file", CONFIGS / "fsdp.yaml", "--mixed_precision", "no"]
     _launch(*launch, "--main_process_port", "29534", __file__, "recipe", *command[1:])
 
