@@ -117,15 +117,13 @@ def recipe_speed() -> list[str]:
             "| stage | arm | tokens/example | CPU s/step | examples per CPU-s | vs before | wall s/step | loss |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} | "
-            f"{r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | {r['median_s_per_step']:.2f} "
-            f"| {r['first_batch_loss_before_training']:.4f} |"
-            if "first_batch_loss_before_training" in r
-            else f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} | "
-            f"{r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | {r['median_s_per_step']:.2f} | - |"
-            for r in data["rows"]
-        ]
+        for r in data["rows"]:
+            loss = r.get("first_batch_loss_before_training")
+            lines.append(
+                f"| {r['stage']} | {r['arm']} | {r['mean_tokens_per_example']:.1f} | {r['median_cpu_s_per_step']:.2f} "
+                f"| {r['examples_per_cpu_s']:.2f} | {r['examples_per_cpu_s_vs_before']:.2f}x | "
+                f"{r['median_s_per_step']:.2f} | {'-' if loss is None else f'{loss:.4f}'} |"
+            )
         lines.append("")
     return lines
 
