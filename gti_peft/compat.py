@@ -228,10 +228,24 @@ def _check_peft_type_extension() -> str | None:
     return None if PeftType["GTI"].value == "GTI" else "PeftType.GTI is not the string 'GTI'"
 
 
-def _check_inject_adapter_hook() -> str | None:
+def _check_tuner_overrides() -> str | None:
+    """GTIModel / NewTokenLayer override these and call them with these arguments."""
     from peft import LoraModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return _needs_parameters(LoraModel.inject_adapter, "autocast_adapter_dtype", "low_cpu_mem_usage", "state_dict")
+    needed = {
+        "LoraModel.inject_adapter": (LoraModel.inject_adapter, "autocast_adapter_dtype", "low_cpu_mem_usage"),
+        "LoraModel.set_adapter": (LoraModel.set_adapter, "adapter_name", "inference_mode"),
+        "LoraModel.delete_adapter": (LoraModel.delete_adapter, "adapter_name"),
+        "LoraModel.merge_adapter": (LoraModel.merge_adapter, "adapter_names", "safe_merge"),
+        "LoraModel.merge_and_unload": (LoraModel.merge_and_unload, "progressbar", "safe_merge", "adapter_names"),
+        "BaseTunerLayer.set_adapter": (BaseTunerLayer.set_adapter, "adapter_names", "inference_mode"),
+    }
+    for name, (func, *params) in needed.items():
+        problem = _needs_parameters(func, *params)
+        if problem:
+            return f"{name} {problem}"
+    return None
 
 
 PRIVATE_SYMBOLS: dict[str, Callable[[], str | None]] = {
@@ -245,5 +259,5 @@ PRIVATE_SYMBOLS: dict[str, Callable[[], str | None]] = {
     "patch target peft.PeftModel.from_pretrained": _check_from_pretrained_target,
     "patch target peft.PeftModel.push_to_hub": _check_push_to_hub_target,
     "patch target peft.utils.PeftType (aenum.extend_enum)": _check_peft_type_extension,
-    "override target peft.LoraModel.inject_adapter": _check_inject_adapter_hook,
+    "override targets peft.LoraModel.{inject_adapter,set_adapter,...}": _check_tuner_overrides,
 }
