@@ -96,21 +96,20 @@ class NewTokenLayer(nn.Module, BaseTunerLayer):
         has_bias = bias is not None and adapter_name in self.gti_bias
         return rows, self.gti_bias[adapter_name].detach().to(bias.dtype) if has_bias else None
 
+    @staticmethod
+    def _all_finite(values: tuple[torch.Tensor | None, ...]) -> bool:
+        return all(v is None or bool(torch.isfinite(v).all()) for v in values)
+
     def non_finite_adapters(self, adapter_names: Iterable[str]) -> list[str]:
         """The adapters whose merged rows or bias entries would hold NaN or inf (in the base's dtype)."""
-        return [
-            name
-            for name in adapter_names
-            if name in self.gti_token_ids
-            and any(v is not None and not torch.isfinite(v).all() for v in self.merged_values(name))
-        ]
+        return [n for n in adapter_names if n in self.gti_token_ids and not self._all_finite(self.merged_values(n))]
 
     def _merge_weights(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
         names = adapter_names if adapter_names is not None else self.active_adapters
         names = [n for n in names if n in self.gti_token_ids and n not in self.merged_adapters]
         check_disjoint_new_tokens(self.gti_token_ids, self.merged_adapters + names)
         values = {name: self.merged_values(name) for name in names}  # merge into copies, check, then write
-        broken = self.non_finite_adapters(names) if safe_merge else []
+        broken = [name for name, v in values.items() if not self._all_finite(v)] if safe_merge else []
         if broken:
             raise ValueError(
                 f"NaN or inf in the new-token rows of GTI adapter(s) {broken}: the adapter seems broken; nothing "
