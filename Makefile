@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: env test lint demo clean
+.PHONY: env test test-compat lint demo clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 	$(PY) -m ruff check gti_peft recipes benchmarks tests
 	$(PY) -m pytest -q tests
 
+# other PEFT / transformers versions, each installed under .compat/ (never into the venv): a focused subset of the
+# tests (.ci/compat). Every supported PEFT release on the venv's transformers 5, and on the oldest transformers.
+COMPAT_PEFT ?= 0.21.0 0.21.1 0.21.2
+COMPAT_TRANSFORMERS ?= 4.57.6
+test-compat: $(STAMP)
+	PY=$(PY) .ci/compat $(COMPAT_PEFT)
+	PY=$(PY) TRANSFORMERS=$(COMPAT_TRANSFORMERS) .ci/compat $(COMPAT_PEFT)
+
 lint: $(STAMP)
 	$(PY) -m ruff check --fix gti_peft recipes benchmarks tests
 	$(PY) -m ruff format gti_peft recipes benchmarks tests
@@ -32,4 +40,4 @@ demo: $(STAMP)
 	$(PY) recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs .compat

@@ -19,6 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .compat import TRAINABLE_TOKENS_DELTA_KEY
 from .layer import NewTokenLayer, NewTokenLMHead
 from .model_card import adapter_card, card_info, exported_card, layers, merged_card
 from .peft_type import PEFT_TYPE_GTI
@@ -26,7 +27,6 @@ from .saving import write_folder_atomically
 from .training import is_fsdp_sharded
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_DELTA = "token_adapter.trainable_tokens_delta"  # PEFT's TrainableTokens key
 _PUSH_OPTIONS = {"private", "revision", "commit_message", "token", "metrics", "create_pr", "base_model"}
 
 
@@ -52,6 +52,14 @@ def _gti_config(model, tokenizer) -> tuple[Any, str]:
         raise ValueError(
             f"`tokenizer` has {size} tokens but the adapter's new token ids go up to {max(config.new_token_ids)}: "
             "pass the tokenizer the new tokens were added to (e.g. with `gti_peft.add_new_tokens`)."
+        )
+    embedding = model.get_input_embeddings()
+    rows = (embedding.base_weight if isinstance(embedding, NewTokenLayer) else embedding.weight).shape[0]
+    if size > rows:
+        raise ValueError(
+            f"`tokenizer` has {size} tokens but the model has {rows} embedding rows: it is another model's "
+            "tokenizer (its extra tokens have no rows, and whoever loads the folder could not use it). Pass the "
+            "tokenizer this adapter was trained with."
         )
     return config, name
 
@@ -180,7 +188,8 @@ def export_for_peft(
             continue  # a tied head follows the embedding's adapter
         module = next(n for n, m in model.get_base_model().named_modules() if m is layer)
         rows = layer.new_rows(name).detach()
-        state[f"base_model.model.{module}.{_DELTA}"] = torch.cat([rows, layer.base_weight.detach()[filler].to(rows)])
+        key = f"base_model.model.{module}.{TRAINABLE_TOKENS_DELTA_KEY}"
+        state[key] = torch.cat([rows, layer.base_weight.detach()[filler].to(rows)])
         indices[module] = ids
     fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"peft_type", "trainable_token_indices"}
     kwargs = {k: copy.deepcopy(getattr(config, k)) for k in fields if hasattr(config, k)}

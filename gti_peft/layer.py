@@ -6,11 +6,14 @@ rows at the positions that hold new ids, and the head overwrites only the new id
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
-from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from .compat import BufferDict, embed_scale
 
 
 def _rows_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -18,8 +21,33 @@ def _rows_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
+def check_disjoint_new_tokens(token_ids: dict[str, torch.Tensor], adapter_names: Iterable[str]) -> None:
+    """Refuse adapters that share new ids from being active (or merged) together, as PEFT's TrainableTokens does.
+
+    Each new id has one row per adapter; with two adapters on the same id the embedding could take only one row
+    while the head would add both deltas. Adapters that are never active together may share ids.
+    """
+    owner: dict[int, str] = {}
+    for name in dict.fromkeys(adapter_names):
+        if name not in token_ids:
+            continue
+        shared = sorted(i for i in token_ids[name].tolist() if i in owner)
+        if shared:
+            other = owner[shared[0]]
+            raise ValueError(
+                f"GTI adapters {other!r} and {name!r} both have rows for the new token ids {shared[:5]}"
+                f"{' ...' if len(shared) > 5 else ''} ({len(shared)} shared): they cannot be active or merged "
+                "together. Activate one of them (`set_adapter`), or give them disjoint `new_token_ids`."
+            )
+        owner.update(dict.fromkeys(token_ids[name].tolist(), name))
+
+
 class NewTokenLayer(nn.Module, BaseTunerLayer):
-    """Shared bookkeeping of the embedding and head layers: per-adapter new ids, rows and merge backups."""
+    """Shared bookkeeping of the embedding and head layers: per-adapter new ids, rows and merge backups.
+
+    Several adapters may live on one layer. Active adapters must have disjoint new ids (`set_adapter` refuses
+    others); each adapter's rows then serve its own ids, in the embedding and the head alike.
+    """
 
     adapter_layer_names = ("gti_rows", "gti_bias")
     other_param_names = ("gti_token_ids", "gti_slots")
@@ -61,25 +89,52 @@ class NewTokenLayer(nn.Module, BaseTunerLayer):
             return []
         return [name for name in self.active_adapters if name in self.gti_token_ids]
 
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        check_disjoint_new_tokens(self.gti_token_ids, names)
+        super().set_adapter(names, inference_mode=inference_mode)
+
     def new_rows(self, adapter_name: str) -> torch.Tensor:
         return self.gti_rows[adapter_name]
 
-    def _merge_weights(self, adapter_names: list[str] | None, write_weight: bool) -> None:
+    def merged_values(self, adapter_name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What merging `adapter_name` writes: `(rows, bias entries)` in the base's dtypes (None: nothing)."""
+        weight, bias = self.base_weight, getattr(self.get_base_layer(), "bias", None)
+        rows = self.new_rows(adapter_name).detach().to(weight.dtype) if self._writes_weight_on_merge() else None
+        has_bias = bias is not None and adapter_name in self.gti_bias
+        return rows, self.gti_bias[adapter_name].detach().to(bias.dtype) if has_bias else None
+
+    @staticmethod
+    def _all_finite(values: tuple[torch.Tensor | None, ...]) -> bool:
+        return all(v is None or bool(torch.isfinite(v).all()) for v in values)
+
+    def non_finite_adapters(self, adapter_names: Iterable[str]) -> list[str]:
+        """The adapters whose merged rows or bias entries would hold NaN or inf (in the base's dtype)."""
+        return [n for n in adapter_names if n in self.gti_token_ids and not self._all_finite(self.merged_values(n))]
+
+    def _merge_weights(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
         names = adapter_names if adapter_names is not None else self.active_adapters
-        for name in names:
-            if name not in self.gti_token_ids or name in self.merged_adapters:
-                continue
+        names = [n for n in names if n in self.gti_token_ids and n not in self.merged_adapters]
+        check_disjoint_new_tokens(self.gti_token_ids, self.merged_adapters + names)
+        values = {name: self.merged_values(name) for name in names}  # merge into copies, check, then write
+        broken = [name for name, v in values.items() if not self._all_finite(v)] if safe_merge else []
+        if broken:
+            raise ValueError(
+                f"NaN or inf in the new-token rows of GTI adapter(s) {broken}: the adapter seems broken; nothing "
+                "was merged."
+            )
+        weight, bias = self.base_weight, getattr(self.get_base_layer(), "bias", None)
+        for name, (rows, bias_entries) in values.items():
             ids = self.gti_token_ids[name]
-            weight, bias = self.base_weight, getattr(self.get_base_layer(), "bias", None)
             with torch.no_grad():
                 self._merge_backup[name] = (
                     weight[ids].clone(),
-                    bias[ids].clone() if bias is not None and name in self.gti_bias else None,
+                    bias[ids].clone() if bias_entries is not None else None,
                 )
-                if write_weight:
-                    weight[ids] = self.new_rows(name).to(weight.dtype)
-                if bias is not None and name in self.gti_bias:
-                    bias[ids] = self.gti_bias[name].to(bias.dtype)
+                if rows is not None:
+                    weight[ids] = rows
+                if bias_entries is not None:
+                    bias[ids] = bias_entries
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -99,10 +154,11 @@ class NewTokenLayer(nn.Module, BaseTunerLayer):
         return True
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Write the new rows into the base layer (old rows are never touched)."""
-        self._merge_weights(adapter_names, write_weight=self._writes_weight_on_merge())
-        if safe_merge and not torch.isfinite(self.base_weight).all():
-            raise ValueError("NaNs detected in the merged new-token rows: the adapter seems broken.")
+        """Write the new rows into the base layer (old rows are never touched).
+
+        With `safe_merge`, the rows are checked for NaN / inf first: a refused merge changes nothing.
+        """
+        self._merge_weights(adapter_names, safe_merge)
 
 
 class NewTokenEmbedding(NewTokenLayer):
@@ -121,7 +177,7 @@ class NewTokenEmbedding(NewTokenLayer):
         for name in self._active():
             slots = self.gti_slots[name][input_ids]
             new = F.embedding(slots.clamp(min=0), self.gti_rows[name])
-            scale = self._get_embed_scale()
+            scale = embed_scale(self)
             if scale is not None:
                 new = new * scale.to(new.dtype)
             out = torch.where((slots >= 0).unsqueeze(-1), new.to(out.dtype), out)

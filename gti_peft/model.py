@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraModel
-from peft.utils import _get_submodules
 from torch import nn
 
+from .compat import check_target_module_exists, get_submodules
 from .config import GTIConfig
 from .init import initial_bias, initial_rows
-from .layer import NewTokenEmbedding, NewTokenLMHead
+from .layer import NewTokenEmbedding, NewTokenLayer, NewTokenLMHead, check_disjoint_new_tokens
 
 
 def _base(module: nn.Module | None) -> nn.Module | None:
@@ -107,8 +109,12 @@ def _record_sizes(config: GTIConfig, n_before: int, n_after: int) -> None:
 class GTIModel(LoraModel):
     """LoRA plus `NewTokenEmbedding` / `NewTokenLMHead` for the ids in `GTIConfig.new_token_ids`.
 
-    Created by `peft.get_peft_model(model, GTIConfig(...))`; do not instantiate it directly.
+    Created by `peft.get_peft_model(model, GTIConfig(...))`; do not instantiate it directly. Several adapters may
+    share a model (`add_adapter`, `set_adapter`, `delete_adapter`); adapters active or merged together must have
+    disjoint `new_token_ids`.
     """
+
+    prefix: str = "gti_"  # the new-token parameters' prefix; LoRA's weights keep LoRA's names ("lora_A", ...)
 
     def inject_adapter(
         self,
@@ -121,12 +127,10 @@ class GTIModel(LoraModel):
         config = self.peft_config[adapter_name]
         self._check_embeddings_not_targeted(model, config)
         n_before = resize_for_new_tokens(model, config)
+        # LoRA's targets come from the config: PEFT would read module names out of `state_dict` keys with GTI's
+        # prefix, which only the new rows carry
         super().inject_adapter(
-            model,
-            adapter_name,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            state_dict=state_dict,
+            model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
         )
         self._inject_new_token_layers(model, config, adapter_name, n_before)
 
@@ -137,7 +141,7 @@ class GTIModel(LoraModel):
             if layer is None or isinstance(layer, (NewTokenEmbedding, NewTokenLMHead)):
                 continue
             name = _module_name(model, layer)
-            if self._check_target_module_exists(config, name):
+            if check_target_module_exists(config, name):
                 raise ValueError(
                     f"`target_modules`={config.target_modules!r} matches the model's {name!r}: GTI trains the new "
                     "rows of the embedding and LM head itself and keeps old rows frozen. Exclude that layer "
@@ -178,9 +182,53 @@ class GTIModel(LoraModel):
 
     @staticmethod
     def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> nn.Module:
-        parent, _, name = _get_submodules(model, _module_name(model, old))
+        parent, _, name = get_submodules(model, _module_name(model, old))
         setattr(parent, name, new)
         return new
+
+    def _new_token_layers(self) -> list[NewTokenLayer]:
+        return [m for m in self.model.modules() if isinstance(m, NewTokenLayer)]
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate `adapter_name` (or several, with disjoint new ids) in the LoRA and the new-token layers."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        layers = self._new_token_layers()
+        for layer in layers:  # refuse before anything switches
+            check_disjoint_new_tokens(layer.gti_token_ids, names)
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        for layer in layers:
+            if layer.merged:
+                warnings.warn("Adapter cannot be set while the model is merged: unmerging it first.", stacklevel=2)
+                layer.unmerge()
+            layer.set_adapter(names, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete `adapter_name` from the LoRA and the new-token layers (its rows are no longer used or saved)."""
+        super().delete_adapter(adapter_name)
+        for layer in self._new_token_layers():
+            layer.delete_adapter(adapter_name)
+
+    def _refuse_non_finite_rows(self, adapter_names: list[str] | None) -> None:
+        """`safe_merge`: check every new-token layer before any layer (LoRA included) is merged."""
+        names = adapter_names if adapter_names is not None else self.active_adapters
+        broken = sorted({n for layer in self._new_token_layers() for n in layer.non_finite_adapters(names)})
+        if broken:
+            raise ValueError(
+                f"NaN or inf in the new-token rows of GTI adapter(s) {broken}: the adapter seems broken; nothing "
+                "was merged."
+            )
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        if safe_merge:
+            self._refuse_non_finite_rows(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        if safe_merge:
+            self._refuse_non_finite_rows(adapter_names)
+        return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
 
 
 def new_token_rows(model: nn.Module, adapter_name: str | None = None):

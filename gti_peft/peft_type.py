@@ -1,11 +1,7 @@
-"""Adds GTI to PEFT's closed `PeftType` enum (peft 0.21 has no plugin hook for new method names)."""
+"""Adds GTI to PEFT's closed `PeftType` enum (PEFT has no plugin hook for new method names)."""
 
 from __future__ import annotations
 
-from aenum import extend_enum
-from peft.utils import PeftType
+from .compat import extend_peft_type
 
-if "GTI" not in PeftType.__members__:
-    extend_enum(PeftType, "GTI", "GTI")
-
-PEFT_TYPE_GTI = PeftType["GTI"]
+PEFT_TYPE_GTI = extend_peft_type("GTI")

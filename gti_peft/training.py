@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorForSeq2Seq, Trainer
 
+from .compat import prepared_by_accelerate, release_from_accelerate
 from .templates import IGNORE_INDEX
 
 
@@ -45,21 +46,6 @@ def answer_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None
     if isinstance(denominator, torch.Tensor):
         denominator = denominator.to(loss.device)
     return loss / denominator
-
-
-def release_from_accelerate(model) -> None:
-    """Undo what `accelerate` did to `model` in place when a Trainer prepared it.
-
-    A prepared model keeps its first Trainer's mixed-precision forward (`bf16=True` wraps `forward` in autocast)
-    and a flag that makes every later `prepare` skip it: a second Trainer's `bf16` setting is silently ignored.
-    """
-    original = model.__dict__.pop("_original_forward", None)
-    if original is not None:
-        if getattr(original, "__func__", None) is type(model).forward:
-            model.__dict__.pop("forward", None)  # back to the class's forward
-        else:
-            model.forward = original
-    model.__dict__.pop("_is_accelerate_prepared", None)
 
 
 def is_fsdp_sharded(model: torch.nn.Module) -> bool:
@@ -111,7 +97,7 @@ class AnswerOnlyTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         model = self.model  # the caller's model: under FSDP, Trainer replaces self.model by the wrapper
-        prepared_before = getattr(model, "_is_accelerate_prepared", False)
+        prepared_before = prepared_by_accelerate(model)
         sharded = self.is_fsdp_enabled and not prepared_before
         if sharded:  # FSDP2 turns the module itself into a sharded one (DTensors, a new class): shard a copy
             self.model = self.model_wrapped = copy.deepcopy(model)

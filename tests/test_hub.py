@@ -16,7 +16,7 @@ from conftest import llama_config, snapshot, tiny_phi
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PhiConfig, PhiForCausalLM
 
 import gti_peft
 from gti_peft import GTIConfig, add_new_tokens
@@ -217,7 +217,8 @@ def test_export_for_peft_tied_in_process_and_refuses_a_head_bias(bases, tokenize
     base = AutoModelForCausalLM.from_pretrained(bases[True], dtype=torch.float32)
     base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     torch.testing.assert_close(logits(PeftModel.from_pretrained(base, folder)), logits(model), rtol=0, atol=1e-5)
-    phi = get_peft_model(tiny_phi(), GTIConfig(new_token_ids=[120, 121], r=2, target_modules=["q_proj"]))
+    phi_base = PhiForCausalLM(PhiConfig(**(tiny_phi().config.to_dict() | {"vocab_size": VOCAB})))  # tokenizer's size
+    phi = get_peft_model(phi_base, GTIConfig(new_token_ids=NEW_IDS, r=2, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="has a bias.*3649"):
         export_for_peft(phi, tokenizer, tmp_path / "phi")
     assert not (tmp_path / "phi").exists()
@@ -317,3 +318,28 @@ def test_saved_folders_get_ordinary_permissions(tmp_path):
         os.umask(umask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert stat.S_IMODE((folder / "adapter_model.safetensors").stat().st_mode) == 0o644
+
+
+def test_a_tokenizer_with_more_tokens_than_rows_is_refused_before_anything_is_written(
+    bases, tokenizer, tmp_path, monkeypatch
+):
+    model = gti_model(bases, tied=False)
+    foreign = smollm2_tokenizer()  # another model's tokenizer: the same 8 new tokens, plus 4 the model has no rows for
+    add_new_tokens(foreign, TOKENS + [f"<c_{i}>" for i in range(4)])
+    calls = []
+    for name in ("create_repo", "create_branch", "upload_folder"):
+        monkeypatch.setattr(HfApi, name, lambda self, *args, _name=name, **kwargs: calls.append(_name))
+    before = snapshot(model)
+    sharing = {
+        "save_for_hub": lambda: save_for_hub(model, foreign, tmp_path / "hub"),
+        "push_to_hub": lambda: gti_peft.push_to_hub(model, foreign, REPO),
+        "model.push_to_hub": lambda: model.push_to_hub(REPO, tokenizer=foreign),
+        "export_for_peft": lambda: export_for_peft(model, foreign, tmp_path / "plain"),
+        "save_merged": lambda: save_merged(model, foreign, tmp_path / "merged"),
+    }
+    for name, share in sharing.items():
+        with pytest.raises(ValueError, match=r"`tokenizer` has 49164 tokens but the model has 49160 embedding rows"):
+            share()
+        assert calls == [] and list(tmp_path.iterdir()) == [], name
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    save_for_hub(model, tokenizer, tmp_path / "hub")  # the model's own tokenizer still passes

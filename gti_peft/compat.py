@@ -1,0 +1,263 @@
+"""Every private PEFT / accelerate symbol and every monkey-patch gti-peft relies on, in one module.
+
+Nothing else in gti-peft imports a private name of PEFT, transformers or accelerate, or patches them. Each entry of
+`PRIVATE_SYMBOLS` says what is used and checks that the installed version still has it in the form gti-peft needs;
+`tests/test_compat.py` runs every check, so an upgrade that moves or changes one fails naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import peft
+import peft.peft_model
+from aenum import extend_enum
+from peft.utils import PeftType
+
+SUPPORTED_PEFT = ">=0.21,<0.22"  # keep in step with pyproject.toml; the matrix in README "Compatibility"
+
+# PEFT's TrainableTokens: `TrainableTokensWrapper.token_adapter` (a TrainableTokensLayer) holds the new rows in
+# `trainable_tokens_delta`; `export_for_peft` writes adapters in that format.
+TRAINABLE_TOKENS_DELTA_KEY = "token_adapter.trainable_tokens_delta"
+
+# accelerate: `Accelerator.prepare_model` with mixed precision keeps the unwrapped forward under this instance
+# attribute and marks the model with the flag (`release_from_accelerate` undoes both).
+ACCELERATE_ORIGINAL_FORWARD = "_original_forward"
+ACCELERATE_PREPARED_FLAG = "_is_accelerate_prepared"
+
+
+def _private(module: str, name: str):
+    """Import `module.name`, or fail naming it and the PEFT versions gti-peft supports."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ImportError(
+            f"gti-peft uses `{module}.{name}`, which the installed peft {peft.__version__} lacks: install a "
+            f"supported version (`pip install 'peft{SUPPORTED_PEFT}'`)."
+        ) from error
+
+
+BufferDict = _private("peft.tuners._buffer_dict", "BufferDict")
+"""PEFT's per-adapter dict of tensors (buffers), used for the new ids and the id -> row maps."""
+
+get_submodules = _private("peft.utils", "_get_submodules")
+"""`(parent, target, target_name)` of a dotted module name."""
+
+check_target_module_exists = _private("peft.tuners.tuners_utils", "check_target_module_exists")
+"""Whether a module name matches a config's `target_modules` (and is not excluded)."""
+
+
+def embed_scale(layer):
+    """The `embed_scale` of a tuner layer's base embedding (Gemma's scaled embeddings), or None."""
+    return layer._get_embed_scale()
+
+
+def extend_peft_type(name: str):
+    """Add `name` to PEFT's closed `PeftType` enum (PEFT has no plugin hook for new method names); idempotent."""
+    if name not in PeftType.__members__:
+        extend_enum(PeftType, name, name)
+    return PeftType[name]
+
+
+def prepared_by_accelerate(model) -> bool:
+    """Whether `accelerate` already prepared `model` (a later `prepare` then leaves it as it is)."""
+    return getattr(model, ACCELERATE_PREPARED_FLAG, False)
+
+
+def release_from_accelerate(model) -> None:
+    """Undo what `accelerate` did to `model` in place when a Trainer prepared it.
+
+    A prepared model keeps its first Trainer's mixed-precision forward (`bf16=True` wraps `forward` in autocast)
+    and a flag that makes every later `prepare` skip it: a second Trainer's `bf16` setting is silently ignored.
+    """
+    original = model.__dict__.pop(ACCELERATE_ORIGINAL_FORWARD, None)
+    if original is not None:
+        if getattr(original, "__func__", None) is type(model).forward:
+            model.__dict__.pop("forward", None)  # back to the class's forward
+        else:
+            model.forward = original
+    model.__dict__.pop(ACCELERATE_PREPARED_FLAG, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patches of PEFT, installed once by `install_patches` (gti_peft.registration.register).
+
+
+def _never_save_full_embeddings(get_state_dict):
+    """PEFT's `save_embedding_layers="auto"` saves the WHOLE embedding and LM head once the vocabulary was
+    resized. A GTI adapter already holds the new rows, so for GTI "auto" means False (True is still honoured)."""
+    from .peft_type import PEFT_TYPE_GTI
+
+    @functools.wraps(get_state_dict)
+    def wrapper(model, *args, save_embedding_layers="auto", **kwargs):
+        adapter_name = kwargs.get("adapter_name", args[1] if len(args) > 1 else "default")
+        config = model.peft_config.get(adapter_name) if hasattr(model, "peft_config") else None
+        if save_embedding_layers == "auto" and config is not None and config.peft_type == PEFT_TYPE_GTI:
+            save_embedding_layers = False
+        return get_state_dict(model, *args, save_embedding_layers=save_embedding_layers, **kwargs)
+
+    wrapper.__gti_wrapped__ = True
+    return wrapper
+
+
+def _check_fit_first(from_pretrained):
+    """`PeftModel.from_pretrained(base, local_gti_folder)` first checks that the adapter fits the base (complete
+    files, hidden size, LoRA shapes, vocabulary), instead of a shape dump or a silent load onto another vocabulary."""
+    from .hub import check_adapter_fits
+
+    func = from_pretrained.__func__
+
+    @functools.wraps(func)
+    def wrapper(cls, model, model_id, *args, **kwargs):
+        folder = Path(str(model_id)) / kwargs.get("subfolder", "")
+        if (folder / "adapter_config.json").is_file() and kwargs.get("config") is None:
+            try:
+                is_gti = json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "GTI"
+            except ValueError:
+                is_gti = True  # check_adapter_fits names the corrupt file
+            if is_gti:
+                check_adapter_fits(model, folder)
+        return func(cls, model, model_id, *args, **kwargs)
+
+    wrapper.__gti_wrapped__ = True
+    return classmethod(wrapper)
+
+
+def install_patches() -> None:
+    """Idempotent: wrap `get_peft_model_state_dict` (as `peft.peft_model` calls it), `PeftModel.push_to_hub` (GTI
+    adapters go through `gti_peft.push_to_hub`) and `PeftModel.from_pretrained` (fit check first)."""
+    from .hub import guard_push_to_hub
+
+    # PeftModel.save_pretrained reads it from peft.peft_model; accelerate's FSDP checkpoints from `peft`
+    for module in (peft.peft_model, peft):
+        if not getattr(module.get_peft_model_state_dict, "__gti_wrapped__", False):
+            module.get_peft_model_state_dict = _never_save_full_embeddings(module.get_peft_model_state_dict)
+    model_cls = peft.peft_model.PeftModel
+    if not getattr(model_cls.push_to_hub, "__gti_wrapped__", False):
+        model_cls.push_to_hub = guard_push_to_hub(model_cls.push_to_hub)
+    if not getattr(model_cls.from_pretrained, "__gti_wrapped__", False):
+        model_cls.from_pretrained = _check_fit_first(model_cls.from_pretrained)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What each private symbol / patch target must look like. A check returns None when fine, else what changed.
+
+
+def _needs_parameters(func, *names: str) -> str | None:
+    params = inspect.signature(inspect.unwrap(func)).parameters
+    missing = [n for n in names if n not in params]
+    return f"has no parameter(s) {missing} (signature {list(params)})" if missing else None
+
+
+def _check_buffer_dict() -> str | None:
+    import torch
+
+    holder = BufferDict(persistent=False)
+    holder["a"] = torch.zeros(1)
+    return None if "a" in holder and holder["a"].shape == (1,) else "no longer stores tensors by adapter name"
+
+
+def _check_get_submodules() -> str | None:
+    from torch import nn
+
+    model = nn.Sequential(nn.Sequential(nn.Linear(1, 1)))
+    parent, target, name = get_submodules(model, "0.0")
+    return None if (parent is model[0] and target is model[0][0] and name == "0") else "returns something else"
+
+
+def _check_target_matching() -> str | None:
+    from peft import LoraConfig
+
+    config = LoraConfig(target_modules=["q_proj"])
+    if not check_target_module_exists(config, "model.layers.0.q_proj"):
+        return "no longer matches `target_modules` names"
+    return "matches a name that is not targeted" if check_target_module_exists(config, "model.v_proj") else None
+
+
+def _check_embed_scale() -> str | None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return None if callable(getattr(BaseTunerLayer, "_get_embed_scale", None)) else "BaseTunerLayer lacks it"
+
+
+def _check_trainable_tokens_key() -> str | None:
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import TrainableTokensWrapper
+
+    layer_attr, delta = TRAINABLE_TOKENS_DELTA_KEY.split(".")
+    if delta not in TrainableTokensLayer.adapter_layer_names:
+        return f"TrainableTokensLayer.adapter_layer_names is {TrainableTokensLayer.adapter_layer_names}"
+    source = inspect.getsource(TrainableTokensWrapper)
+    return None if f"self.{layer_attr} = " in source else f"TrainableTokensWrapper no longer sets `{layer_attr}`"
+
+
+def _check_accelerate_forward() -> str | None:
+    from accelerate import Accelerator
+
+    source = inspect.getsource(Accelerator.prepare_model)
+    missing = [n for n in (ACCELERATE_ORIGINAL_FORWARD, ACCELERATE_PREPARED_FLAG) if n not in source]
+    return f"Accelerator.prepare_model no longer sets {missing}" if missing else None
+
+
+def _check_state_dict_target() -> str | None:
+    source = inspect.getsource(peft.peft_model.PeftModel.save_pretrained)
+    if "get_peft_model_state_dict(" not in source:
+        return "PeftModel.save_pretrained no longer calls the module-level get_peft_model_state_dict"
+    return _needs_parameters(peft.peft_model.get_peft_model_state_dict, "save_embedding_layers")
+
+
+def _check_from_pretrained_target() -> str | None:
+    func = inspect.unwrap(peft.peft_model.PeftModel.from_pretrained.__func__)
+    params = list(inspect.signature(inspect.unwrap(func)).parameters)
+    if params[:3] != ["cls", "model", "model_id"]:
+        return f"signature starts {params[:3]}, not (cls, model, model_id)"
+    return _needs_parameters(func, "config", "is_trainable")
+
+
+def _check_push_to_hub_target() -> str | None:
+    params = list(inspect.signature(inspect.unwrap(peft.peft_model.PeftModel.push_to_hub)).parameters)
+    return None if params[:2] == ["self", "repo_id"] else f"signature starts {params[:2]}, not (self, repo_id)"
+
+
+def _check_peft_type_extension() -> str | None:
+    return None if PeftType["GTI"].value == "GTI" else "PeftType.GTI is not the string 'GTI'"
+
+
+def _check_tuner_overrides() -> str | None:
+    """GTIModel / NewTokenLayer override these and call them with these arguments."""
+    from peft import LoraModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    needed = {
+        "LoraModel.inject_adapter": (LoraModel.inject_adapter, "autocast_adapter_dtype", "low_cpu_mem_usage"),
+        "LoraModel.set_adapter": (LoraModel.set_adapter, "adapter_name", "inference_mode"),
+        "LoraModel.delete_adapter": (LoraModel.delete_adapter, "adapter_name"),
+        "LoraModel.merge_adapter": (LoraModel.merge_adapter, "adapter_names", "safe_merge"),
+        "LoraModel.merge_and_unload": (LoraModel.merge_and_unload, "progressbar", "safe_merge", "adapter_names"),
+        "BaseTunerLayer.set_adapter": (BaseTunerLayer.set_adapter, "adapter_names", "inference_mode"),
+    }
+    for name, (func, *params) in needed.items():
+        problem = _needs_parameters(func, *params)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+PRIVATE_SYMBOLS: dict[str, Callable[[], str | None]] = {
+    "peft.tuners._buffer_dict.BufferDict": _check_buffer_dict,
+    "peft.utils._get_submodules": _check_get_submodules,
+    "peft.tuners.tuners_utils.check_target_module_exists": _check_target_matching,
+    "peft.tuners.tuners_utils.BaseTunerLayer._get_embed_scale": _check_embed_scale,
+    f"TrainableTokens state-dict key {TRAINABLE_TOKENS_DELTA_KEY!r}": _check_trainable_tokens_key,
+    f"accelerate Accelerator.prepare_model's {ACCELERATE_ORIGINAL_FORWARD!r}": _check_accelerate_forward,
+    "patch target peft.peft_model.get_peft_model_state_dict": _check_state_dict_target,
+    "patch target peft.PeftModel.from_pretrained": _check_from_pretrained_target,
+    "patch target peft.PeftModel.push_to_hub": _check_push_to_hub_target,
+    "patch target peft.utils.PeftType (aenum.extend_enum)": _check_peft_type_extension,
+    "override targets peft.LoraModel.{inject_adapter,set_adapter,...}": _check_tuner_overrides,
+}
