@@ -7,6 +7,7 @@ files as ``LICENSE``). See `gti_peft.offline_assets.wordnet_dir`.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -54,23 +55,25 @@ def _glosses(folder: Path, pos: str) -> dict[str, str]:
     return glosses
 
 
-def rare_words(folder: str | Path, min_length: int = 5) -> list[RareWord]:
+@functools.lru_cache(maxsize=2)  # a few seconds to parse
+def rare_words(folder: str | Path, min_length: int = 5) -> tuple[RareWord, ...]:
     """Every rare single-word lemma whose gloss has a definition and an example that uses the word as written."""
     folder = Path(folder)
-    rare = _untagged_monosemous(folder)
     words = []
-    for pos in POS_FILES:
-        glosses = _glosses(folder, pos)
-        for (lemma, lemma_pos), offset in sorted(rare.items()):
-            if lemma_pos != pos or not lemma.isalpha() or len(lemma) < min_length:
-                continue
-            gloss = glosses.get(offset, "")
-            definition = gloss.split('; "', 1)[0].split(";", 1)[0].strip()
-            pattern = re.compile(rf"\b{re.escape(lemma)}\b", flags=re.IGNORECASE)
-            examples = tuple(e.strip() for e in _EXAMPLE.findall(gloss) if pattern.search(e))
-            if definition and examples:
-                words.append(RareWord(lemma, pos, definition, examples))
-    return words
+    glosses = {pos: _glosses(folder, pos) for pos in POS_FILES}
+    for (lemma, pos), offset in sorted(_untagged_monosemous(folder).items()):
+        if not lemma.isalpha() or len(lemma) < min_length:
+            continue
+        gloss = glosses[pos].get(offset, "")
+        definition = gloss.split('; "', 1)[0].split(";", 1)[0].strip()
+        quoted = [e.strip() for e in _EXAMPLE.findall(gloss) if lemma in e.lower()]
+        if not definition or not quoted:
+            continue
+        pattern = re.compile(rf"\b{re.escape(lemma)}\b", flags=re.IGNORECASE)
+        examples = tuple(e for e in quoted if pattern.search(e))
+        if examples:
+            words.append(RareWord(lemma, pos, definition, examples))
+    return tuple(words)
 
 
 def rare_word_vocabulary(folder: str | Path, count: int, seed: int = 0) -> tuple[list[dict], list[str]]:

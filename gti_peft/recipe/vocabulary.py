@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
@@ -259,6 +261,8 @@ def run_vocabulary(config: VocabularyConfig) -> dict:
     tokenizer, new_ids = prepare_tokenizer(config, data)
     state = PartialState(cpu=not torch.cuda.is_available())
     out = prepare_output_dir(config, state)
+    if state.is_main_process:  # the saved settings rerun as they are: `gti-peft train --config out/recipe.yaml`
+        (out / "recipe.yaml").write_text(yaml.safe_dump({"task": "vocabulary", **asdict(config)}, sort_keys=False))
     steps = config.grounding.max_steps if "ground" in config.output.stages else 0
     init = config.adapter.init
     arms_to_run = {f"{init} start + GTI" if steps else f"{init} start": steps}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import INIT_METHODS
-from ..templates import DEFAULT_TEMPLATES, TEXT_TEMPLATES
+from ..templates import TEXT_TEMPLATES
 from .config import STAGES, AdapterArgs, ModelArgs, OutputArgs, TrainStageArgs, _build
 
 SOURCES = ("files", "wordnet")
@@ -71,10 +71,12 @@ class VocabularyConfig:
         unknown = [s for s in self.output.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"output.stages has unknown stage(s) {unknown}; choose from {list(STAGES)}.")
-        names = {t.name for t in DEFAULT_TEMPLATES}
+        names = {t.name for t in TEXT_TEMPLATES}  # the pairs carry one `text`: title/description templates never apply
         bad = [t for t in (self.grounding.templates or []) if t not in names]
         if bad:
-            raise ValueError(f"grounding.templates has unknown template(s) {bad}; known: {sorted(names)}.")
+            raise ValueError(
+                f"grounding.templates has unknown template(s) {bad}; for (token, text) pairs: {sorted(names)}."
+            )
         for stage in ("grounding", "finetune"):
             args = getattr(self, stage)
             if args.max_steps < 0 or args.batch_size < 1 or args.learning_rate <= 0:
@@ -83,7 +85,7 @@ class VocabularyConfig:
     @property
     def templates(self) -> list:
         names = set(self.grounding.templates or [t.name for t in TEXT_TEMPLATES])
-        return [t for t in DEFAULT_TEMPLATES if t.name in names]
+        return [t for t in TEXT_TEMPLATES if t.name in names]
 
 
 def build_vocabulary_config(values: dict, where: str) -> VocabularyConfig:
