@@ -57,9 +57,10 @@ def _glosses(folder: Path, pos: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=2)  # a few seconds to parse
 def rare_words(folder: str | Path, min_length: int = 5) -> tuple[RareWord, ...]:
-    """Every rare single-word lemma whose gloss has a definition and an example that uses the word as written."""
+    """Every rare single-word lemma whose gloss has a definition (not yet taken by a synonym) and an example that
+    uses the word as written."""
     folder = Path(folder)
-    words = []
+    words, definitions, lemmas = [], set(), set()
     glosses = {pos: _glosses(folder, pos) for pos in POS_FILES}
     for (lemma, pos), offset in sorted(_untagged_monosemous(folder).items()):
         if not lemma.isalpha() or len(lemma) < min_length:
@@ -67,12 +68,14 @@ def rare_words(folder: str | Path, min_length: int = 5) -> tuple[RareWord, ...]:
         gloss = glosses[pos].get(offset, "")
         definition = gloss.split('; "', 1)[0].split(";", 1)[0].strip()
         quoted = [e.strip() for e in _EXAMPLE.findall(gloss) if lemma in e.lower()]
-        if not definition or not quoted:
-            continue
+        if not definition or not quoted or definition in definitions or lemma in lemmas:
+            continue  # synonyms share a gloss, a lemma may be rare as two parts of speech: one token per meaning
         pattern = re.compile(rf"\b{re.escape(lemma)}\b", flags=re.IGNORECASE)
         examples = tuple(e for e in quoted if pattern.search(e))
         if examples:
             words.append(RareWord(lemma, pos, definition, examples))
+            definitions.add(definition)
+            lemmas.add(lemma)
     return tuple(words)
 
 
