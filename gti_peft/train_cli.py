@@ -66,7 +66,11 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"--config {name_or_path!r} must hold a mapping of sections, got {type(values).__name__}.")
-    task = values.pop("task", "recommendation")
+    if "task" not in values:  # the recommendation recipe's own loader, as recipes/gti.py always used
+        from .recipe.config import load_recipe_config
+
+        return "recommendation", load_recipe_config(path, overrides)
+    task = values.pop("task")
     if task not in TASKS:
         raise ValueError(f"task: {task!r} in {path.name} is not a recipe; choose one of {list(TASKS)}.")
     if task == "vocabulary":

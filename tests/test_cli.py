@@ -41,10 +41,16 @@ def test_shipped_names_resolve_and_dispatch_by_task():
         resolve_config("smollm2/movielns")
 
 
-def test_an_unknown_task_fails_naming_it(tmp_path):
+def test_an_explicit_task_key_is_read_and_an_unknown_task_fails_naming_it(tmp_path):
     path = tmp_path / "t.yaml"
+    path.write_text("task: recommendation\nadapter:\n  init: random\n")
+    task, config = load_config(str(path), ["adapter.r=4"])
+    assert task == "recommendation" and config.adapter.init == "random" and config.adapter.r == 4
     path.write_text("task: translation\n")
     with pytest.raises(ValueError, match=r"task: 'translation' in t.yaml is not a recipe"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['rank'\] in t.yaml.adapter"):
+        path.write_text("task: vocabulary\ndata: {source: wordnet}\nadapter: {rank: 3}\n")
         load_config(str(path))
 
 

@@ -21,8 +21,6 @@ def test_every_shipped_recipe_parses_and_opens_with_its_command(path):
 
     task, config = load_config(str(path))
     assert isinstance(config, {"recommendation": RecipeConfig, "vocabulary": VocabularyConfig}[task])
-    if task == "recommendation" and "task:" not in path.read_text():
-        assert load_recipe_config(path) == config  # the recipe's own loader reads it the same
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and any(c in first for c in ("recipes/gti.py", "make demo", "gti-peft train"))
     assert (ROOT / "recipes" / path.parent.name / path.name).is_file()  # the checkout's path still works
