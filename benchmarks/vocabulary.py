@@ -35,9 +35,9 @@ def cpu_capability(env: dict) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
 
 
-def run_seed(seed: int, avx2: bool, extra: list[str]) -> dict:
+def run_seed(seed: int, avx2: bool, extra: list[str], root: Path = OUT) -> dict:
     """The recipe for one seed in a fresh process; its metrics.json plus wall time and instruction set."""
-    out = OUT / f"seed{seed}"
+    out = root / f"seed{seed}"
     wall_file = out / "wall.json"
     command = [sys.executable, "-m", "gti_peft.cli", "train", "--config", CONFIG, "--set", f"output.seed={seed}"]
     command += ["--set", f"output.output_dir={out}", *extra]
@@ -82,9 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--avx2-seeds", type=int, nargs="*", default=[], help="Seeds run with AVX2 kernels only.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Recipe override (all seeds).")
+    parser.add_argument("--out", type=Path, default=OUT, help="Folder of the runs (one per seed).")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks" / "results" / "vocabulary-smollm2-wordnet.json"
+    )
     args = parser.parse_args(argv)
     extra = [x for override in args.overrides for x in ("--set", override)]
-    runs = {seed: run_seed(seed, seed in args.avx2_seeds, extra) for seed in args.seeds}
+    runs = {seed: run_seed(seed, seed in args.avx2_seeds, extra, args.out) for seed in args.seeds}
     gti, baseline = list(runs[args.seeds[0]]["arms"])
     chance = runs[args.seeds[0]]["arms"][gti]["metrics"]["chance_accuracy"]
     result = run_environment() | {
@@ -109,8 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pooled_paired_bootstrap_new_token_loss": pooled_bootstrap(runs, gti, baseline),
         "table": table(runs),
     }
-    path = ROOT / "benchmarks" / "results" / "vocabulary-smollm2-wordnet.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    args.results.write_text(json.dumps(result, indent=2, default=str))
     print(result["table"])
     print(
         "pooled paired bootstrap (GTI - mean start, new-token loss):", result["pooled_paired_bootstrap_new_token_loss"]
