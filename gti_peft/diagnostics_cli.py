@@ -127,24 +127,32 @@ def report(
     return {**result, "table": table, "text": "\n".join(lines)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gti-diagnostics", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gti-diagnostics`` / ``gti-peft diagnostics``."""
     parser.add_argument("adapter_dir", help="folder of a saved GTI adapter (with tokenizer files)")
     parser.add_argument("--base-model", help="base model id or path (default: adapter_config.json's)")
     parser.add_argument("--reference", help="codebook vectors (.pt or .npy), one row per new token, for RSA")
     parser.add_argument("--out", default="diagnostics", help="output folder (default: ./diagnostics)")
     parser.add_argument("--top-k", type=int, default=5, help="nearest old tokens to list per new token")
     parser.add_argument("--tokens", nargs="+", help="new tokens to list neighbours for (default: a spread of 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gti-diagnostics", description=__doc__.splitlines()[0])
+    add_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     ids, input_rows, output_rows, old_rows, tokenizer = load_rows(args.adapter_dir, args.base_model)
     reference = load_reference(args.reference) if args.reference else None
     result = report(ids, input_rows, old_rows, tokenizer, args.out, reference, output_rows, args.top_k, args.tokens)
     print(result["text"])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

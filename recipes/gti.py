@@ -1,4 +1,4 @@
-"""GTI recipe: semantic IDs -> new tokens -> ground -> fine-tune (LoRA) -> evaluate -> save.
+"""GTI recipe from a source checkout: the same as ``gti-peft train`` (``gti_peft/train_cli.py``).
 
     python recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
     accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml \\
@@ -9,22 +9,13 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
+import sys
 
-from gti_peft.recipe import load_recipe_config, run_recipe
+from gti_peft.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="Recipe YAML (see recipes/*/*.yaml).")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="Override a key."
-    )
-    args = parser.parse_args(argv)
-    config = load_recipe_config(args.config, args.overrides)  # every config error surfaces before any loading
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_recipe(config)
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

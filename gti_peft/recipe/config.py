@@ -247,7 +247,7 @@ def _build_stage(default: TrainStageArgs, values: dict, where: str) -> TrainStag
         elif key in RECIPE_OWNED:
             raise ValueError(f"{where}.{key} is set by the recipe: use {RECIPE_OWNED[key]} instead.")
         elif key in RENAMED:
-            raise ValueError(f"{where}.{key} is now {where}.{RENAMED[key]} (the TrainingArguments name).")
+            raise ValueError(f"{where}.{key} is now {RENAMED[key]} (the TrainingArguments name).")
         elif key in allowed:
             training_args[key] = float(value) if key == "learning_rate" and isinstance(value, (int, str)) else value
         else:
@@ -335,5 +335,14 @@ def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> 
     return _build(RecipeConfig, values, path.name)
 
 
-def recipe_to_dict(config: RecipeConfig) -> dict:
-    return dataclasses.asdict(config)
+def recipe_to_dict(config) -> dict:
+    """The config as YAML-ready sections that `load_recipe_config` reads back (stage options flattened)."""
+    values = {}
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        if isinstance(section, TrainStageArgs):
+            own = {k: v for k, v in dataclasses.asdict(section).items() if k != "training_args"}
+            values[f.name] = own | section.training_args
+        else:
+            values[f.name] = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+    return values
