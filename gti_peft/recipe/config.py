@@ -22,6 +22,9 @@ class ModelArgs:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: NF4 base via bitsandbytes."})
     gradient_checkpointing: bool = False
+    ignore_memory_check: bool = field(
+        default=False, metadata={"help": "Train even when the predicted peak exceeds the device's free memory."}
+    )
 
 
 @dataclass

@@ -42,6 +42,7 @@ from ..tokens import add_new_tokens
 from ..training import AnswerOnlyTrainer, answer_collator
 from .config import RecipeConfig, recipe_to_dict
 from .evaluation import TOKEN_PATTERN, evaluate_next_item
+from .memory_check import check_recipe_memory
 
 logger = logging.getLogger(__name__)
 SID_FILE = "semantic_ids.safetensors"
@@ -266,6 +267,7 @@ def run_recipe(config: RecipeConfig) -> dict:
     timings["data_and_semantic_ids"] = time.perf_counter() - start
     grounded, adapter = out / "grounded", out / "adapter"
     resume_from = adapter if adapter.exists() else grounded if grounded.exists() else None
+    check_recipe_memory(config, len(sids.vocabulary()))  # before any weights are loaded
     tokenizer, model = build_model(config, sids, data, resume_from)
     results["geometry"] = {"start": geometry(model, sids)}
     stages = config.output.stages
