@@ -93,7 +93,8 @@ class NewTokenLayer(nn.Module, BaseTunerLayer):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Write the new rows into the base layer (old rows are never touched)."""
         self._merge_weights(adapter_names, write_weight=self._writes_weight_on_merge())
-        if safe_merge and not torch.isfinite(self.base_weight).all():
+        names = [n for n in (adapter_names or self.active_adapters) if n in self.gti_token_ids]
+        if safe_merge and not all(torch.isfinite(self.new_rows(n)).all() for n in names):  # the rows, not the vocab
             raise ValueError("NaNs detected in the merged new-token rows: the adapter seems broken.")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NEW_IDS, llama_config, tiny_llama
+from conftest import NEW_IDS, llama_config, tiny_llama, tiny_phi
 from peft import PeftModel, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM
@@ -25,8 +25,10 @@ class LargestFloat32(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in [*args, *(kwargs or {}).values()] if torch.is_tensor(a)}
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+            new_storage = torch.is_tensor(t) and t.untyped_storage().data_ptr() not in inputs  # not a view, in place
+            if new_storage and t.dtype == torch.float32:
                 self.largest = max(self.largest, t.numel())
         return out
 
@@ -142,3 +144,36 @@ def test_an_unqueryable_device_warns_and_skips_the_check(tmp_path, capsys):
     with pytest.warns(UserWarning, match="Could not query"):
         estimate = check_recipe_memory(_recipe(tmp_path, batch_size=10**6), n_new_tokens=6, device="meta")
     assert estimate is not None and "device memory unknown" in capsys.readouterr().out
+
+
+def _word_tokenizer(size: int):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(size)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t1")
+
+
+@pytest.mark.parametrize("make_base", [lambda: tiny_llama(tied=True), lambda: tiny_llama(tied=False), tiny_phi])
+def test_save_merged_copies_no_vocabulary_sized_matrix_and_serves_the_same_logits(tmp_path, make_base):
+    from transformers import AutoModelForCausalLM
+
+    from gti_peft import save_merged
+
+    config = GTIConfig(new_token_ids=NEW_IDS, init="hf_mean", target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(make_base(), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "gti_" in name:
+                param.add_(torch.randn_like(param))  # trained rows and bias entries, not their initial values
+    embedding = model.get_input_embeddings().base_weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with LargestFloat32() as mode:
+        save_merged(model, _word_tokenizer(embedding.shape[0]), tmp_path / "merged")
+    assert mode.largest < embedding.numel()  # merged LoRA weights only, never a copy of the embedding or head
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    ids = torch.tensor([[1, 120, 5, 125, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=1e-5)
