@@ -103,10 +103,11 @@ def trainable_parameters(config, n_new_tokens: int, lora_r: int, target_modules:
 def activation_elements_per_token(config, lora_r: int, lora_dropout: float, half_precision: bool) -> dict:
     """Elements autograd keeps per token: `layer` for one decoder layer, `outside` for the rest.
 
-    A decoder layer with LoRA on its seven projections keeps: both norm inputs (float32 when the model is in half
-    precision), both normed outputs, q, k, v (k and v repeated to all heads), the attention
-    output and its reshaped copy, gate, its SiLU, up and their product, and each LoRA A output; with dropout, a
-    dropped-out copy (and a one-byte mask) of each projection input.
+    A decoder layer with LoRA on its seven projections keeps both norm inputs (float32 when the model is in half
+    precision), both normed outputs, the attention's inputs and output (q, k and v counted at the query width: the
+    surplus over grouped-query sizes stands for the attention's backward workspace), the output projection's
+    input, gate, its SiLU, up and their product, and each LoRA A output; with dropout, a dropped-out copy (and a
+    one-byte mask) of each projection input. Checked against measured peaks by `benchmarks/memory.py --validate`.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     h, inter = text.hidden_size, text.intermediate_size
