@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--quant", nargs="+", default=["bf16", "4bit"], choices=["bf16", "4bit"])
     parser.add_argument("--folder", default="/tmp/gti-memory-bench", help="Saved base and adapters.")
     parser.add_argument("--out", default=None, help="JSON result (default benchmarks/results/memory*.json).")
+    parser.add_argument("--only", nargs="+", help="Run only these quant/arm/path keys, e.g. bf16/gti/build.")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--validate-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
@@ -255,8 +256,10 @@ def main() -> None:
             print(f"setup {quant} failed:", setup_result["error"])
             continue
         for arm, paths in ARMS.items():
-            for path in paths:
+            for path in paths if quant == "bf16" else ("build", "train"):  # a quantized base is not merged
                 key = f"{quant}/{arm}/{path}"
+                if args.only and key not in args.only:
+                    continue
                 results["runs"][key] = _run(["--folder", str(folder), "--child", arm, path, quant])
                 rise = results["runs"][key].get("rise_bytes")
                 print(f"{key:<36}", f"{rise / 1e9:7.3f} GB" if rise is not None else results["runs"][key])
