@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def child(arm: str, path: str, quant: str, folder: Path) -> dict:
             old = model.get_input_embeddings().base_weight
             diagnostics.nearest_old_tokens(rows, old, k=10, exclude_ids=ids)
             diagnostics.summarize(rows, old_rows=old)
+        shutil.rmtree(out.parent)  # a merged model is as large as the base
     return {"rise_bytes": _status("VmHWM") - base_rss, "base_rss_bytes": base_rss}
 
 
