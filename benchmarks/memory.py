@@ -128,6 +128,7 @@ def child(arm: str, path: str, quant: str, folder: Path) -> dict:
     import gti_peft
     from gti_peft import diagnostics
 
+    tokenizer = _tokenizer(SHAPE["vocab_size"] + NEW)  # made before the measurement starts
     base = _base(quant, folder)
     base_rss = _reset_peak()
     if path in ("build", "train"):
@@ -141,7 +142,6 @@ def child(arm: str, path: str, quant: str, folder: Path) -> dict:
         model = PeftModel.from_pretrained(base, folder / f"adapter-{quant}")
         if path != "from_pretrained":
             _reset_peak()
-        tokenizer = _tokenizer(SHAPE["vocab_size"] + NEW)
         out = Path(tempfile.mkdtemp(dir=folder)) / "out"
         if path == "merge_and_unload":
             model.merge_and_unload()
