@@ -67,7 +67,7 @@ def _config(shape: dict):
     return LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=False)
 
 
-def _base(quant: str, folder: Path, shape: dict = SHAPE, dtype=torch.bfloat16):
+def _base(quant: str, folder: Path, shape: dict | None = None, dtype=torch.bfloat16):
     from transformers import LlamaForCausalLM
 
     if quant == "4bit":
@@ -76,7 +76,7 @@ def _base(quant: str, folder: Path, shape: dict = SHAPE, dtype=torch.bfloat16):
         return load_4bit_causal_lm(str(folder / "base"), compute_dtype=torch.bfloat16)
     torch.manual_seed(0)
     torch.set_default_dtype(dtype)
-    model = LlamaForCausalLM(_config(shape))
+    model = LlamaForCausalLM(_config(shape or SHAPE))
     torch.set_default_dtype(torch.float32)
     return model
 
@@ -121,7 +121,7 @@ def _train(model, batch: int, seq: int, steps: int = STEPS) -> float:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def child(arm: str, path: str, quant: str, folder: Path) -> dict:
