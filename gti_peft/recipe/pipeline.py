@@ -252,7 +252,7 @@ def geometry(model, sids: SemanticIDs) -> dict:
     _, rows, _ = new_token_rows(model)
     old = model.get_input_embeddings().base_weight.detach()
     codebook = sids.codebook_for_tokens()  # rows line up with the first len(codebook) new tokens
-    return diagnostics.summarize(rows[: len(codebook)].float().cpu(), old.float().cpu(), reference=codebook)
+    return diagnostics.summarize(rows[: len(codebook)].float().cpu(), old, reference=codebook)  # samples old rows
 
 
 def run_recipe(config: RecipeConfig) -> dict:
@@ -321,6 +321,6 @@ def _plots(model, sids: SemanticIDs, out: Path) -> None:
     _, rows, _ = new_token_rows(model)
     folder = out / "diagnostics"
     folder.mkdir(exist_ok=True)
-    old = model.get_input_embeddings().base_weight.detach().float().cpu()
+    old = model.get_input_embeddings().base_weight.detach()  # sampled by the plot, never copied whole
     diagnostics.plot_spectrum({"final": rows.float().cpu()}, folder / "spectrum.png")
     diagnostics.plot_cosine_matrix(rows.float().cpu(), folder / "cosine.png", old_rows=old)
