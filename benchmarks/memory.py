@@ -130,18 +130,18 @@ def child(arm: str, path: str, quant: str, folder: Path) -> dict:
 
     tokenizer = _tokenizer(SHAPE["vocab_size"] + NEW)  # made before the measurement starts
     base = _base(quant, folder)
-    base_rss = _reset_peak()
+    base_rss = start_rss = _reset_peak()
     if path in ("build", "train"):
         model = _adapter(arm, base)
         if path == "train":
-            _reset_peak()
+            start_rss = _reset_peak()
             _train(model, 1, SEQ)
     else:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base, folder / f"adapter-{quant}")
         if path != "from_pretrained":
-            _reset_peak()
+            start_rss = _reset_peak()
         out = Path(tempfile.mkdtemp(dir=folder)) / "out"
         if path == "merge_and_unload":
             model.merge_and_unload()
@@ -157,7 +157,8 @@ def child(arm: str, path: str, quant: str, folder: Path) -> dict:
             diagnostics.nearest_old_tokens(rows, old, k=10, exclude_ids=ids)
             diagnostics.summarize(rows, old_rows=old)
         shutil.rmtree(out.parent)  # a merged model is as large as the base
-    return {"rise_bytes": _status("VmHWM") - base_rss, "base_rss_bytes": base_rss}
+    peak = _status("VmHWM")  # rise: over the loaded base; own: over the RSS just before the measured call
+    return {"rise_bytes": peak - base_rss, "own_bytes": peak - start_rss, "base_rss_bytes": base_rss}
 
 
 def setup(folder: Path, quant: str) -> None:
