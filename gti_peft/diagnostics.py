@@ -15,6 +15,7 @@ import torch
 
 Rows = torch.Tensor | np.ndarray
 _CHUNK = 8192
+_CHUNK_ELEMENTS = 2**24  # old-row blocks of at most 64 MB in float32, whatever the hidden size
 
 
 def _as_rows(rows: Rows, name: str = "rows", min_rows: int = 1, dtype=torch.float64) -> torch.Tensor:
@@ -133,8 +134,9 @@ def nearest_old_tokens(
         raise ValueError("`exclude_ids` excludes every old row; exclude fewer ids.")
     best_sims = torch.full((q.shape[0], 0), -math.inf)
     best_idx = torch.zeros((q.shape[0], 0), dtype=torch.long)
-    for start in range(0, old.shape[0], _CHUNK):
-        block = _normalize(old[start : start + _CHUNK].to("cpu", torch.float32))
+    chunk = max(1, min(_CHUNK, _CHUNK_ELEMENTS // q.shape[1]))
+    for start in range(0, old.shape[0], chunk):
+        block = _normalize(old[start : start + chunk].to("cpu", torch.float32))
         sims = q @ block.T
         local = excluded[(excluded >= start) & (excluded < start + block.shape[0])] - start
         sims[:, local] = -math.inf

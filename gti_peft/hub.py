@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from huggingface_hub import CommitInfo, HfApi
 from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -204,13 +205,51 @@ def export_for_peft(
     return write_folder_atomically(folder, write, overwrite=False)
 
 
+def _merged_lora_tensors(module, name: str) -> dict[str, torch.Tensor]:
+    """A LoRA layer's weight (and bias) with adapter `name` merged, as PEFT's safe merge computes them."""
+    base_layer = module.get_base_layer()
+    weight = base_layer.weight.detach().clone()
+    weight += module.get_delta_weight(name).to(weight.dtype)
+    merged = {"weight": weight}
+    if module.lora_bias.get(name, False):
+        merged["bias"] = base_layer.bias.detach() + module.lora_B[name].bias.detach() * module.scaling[name]
+    for tensor in merged.values():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"NaNs detected in the merged weights: the adapter {name!r} seems to be broken.")
+    return merged
+
+
+def _merged_state_dict(model: PeftModel, name: str) -> dict[str, torch.Tensor] | None:
+    """The merged model's state dict without copying the model: only LoRA-targeted weights are new tensors.
+
+    The new-token rows must already be merged in place (exactly undone by `unmerge`). None for LoRA variants
+    (DoRA, ...) whose merge this does not reproduce.
+    """
+    modules = dict(model.get_base_model().named_modules())
+    merged: dict[str, dict[str, torch.Tensor]] = {}
+    for path, module in modules.items():
+        if isinstance(module, LoraLayer) and name in module.lora_A:
+            if name in getattr(module, "lora_variant", {}):
+                return None
+            merged[path] = _merged_lora_tensors(module, name)
+    state = {}
+    for key, tensor in model.get_base_model().state_dict().items():
+        if ".lora_" in key or ".gti_" in key:
+            continue
+        path, _, leaf = key.rpartition(".")
+        owner = path.removesuffix(".base_layer")
+        state[f"{owner}.{leaf}"] = merged.get(owner, {}).get(leaf, tensor)
+    return state
+
+
 def save_merged(model: PeftModel, tokenizer, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Write a standalone model (LoRA and new rows merged, extended vocabulary, tokenizer, generation config).
 
-    It loads with plain `AutoModelForCausalLM.from_pretrained(folder)`. A deep copy of `model` is merged, so the
-    caller's PeftModel is unchanged (this needs memory for a second copy). A quantized base is refused.
+    It loads with plain `AutoModelForCausalLM.from_pretrained(folder)`. The caller's PeftModel is unchanged: the
+    new rows are written into the base matrix and restored exactly afterwards, merged LoRA weights are new tensors
+    (extra memory: the LoRA-targeted weights, never a vocabulary-sized copy). A quantized base is refused.
     """
-    config, _ = _gti_config(model, tokenizer)
+    config, name = _gti_config(model, tokenizer)
     base = model.get_base_model()
     if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
         raise ValueError(
@@ -218,13 +257,27 @@ def save_merged(model: PeftModel, tokenizer, folder: str | Path, *, overwrite: b
             "bf16/fp16/fp32, then the adapter (`PeftModel.from_pretrained`), and call `save_merged` on that."
         )
     info = card_info(model, tokenizer, config, str(folder), None)
-    merged = copy.deepcopy(model).merge_and_unload(safe_merge=True)
-    generation = getattr(merged, "generation_config", None)
+    generation = copy.deepcopy(getattr(base, "generation_config", None))
     if generation is not None and generation.pad_token_id is None and tokenizer.pad_token_id is not None:
         generation.pad_token_id = tokenizer.pad_token_id
 
     def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp)
+        token_layers = [m for m in model.modules() if isinstance(m, NewTokenLayer)]
+        try:
+            for layer in token_layers:
+                layer.merge(safe_merge=True, adapter_names=[name])
+            state = _merged_state_dict(model, name)
+            if state is None:  # a LoRA variant: merge a copy the way PEFT does
+                for layer in token_layers:
+                    layer.unmerge()
+                copy.deepcopy(model).merge_and_unload(safe_merge=True).save_pretrained(tmp)
+            else:
+                base.save_pretrained(tmp, state_dict=state)
+        finally:
+            for layer in token_layers:
+                layer.unmerge()
+        if generation is not None:
+            generation.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         merged_card(info).save(tmp / "README.md")
 

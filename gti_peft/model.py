@@ -10,7 +10,7 @@ from torch import nn
 
 from .compat import check_target_module_exists, get_submodules
 from .config import GTIConfig
-from .init import initial_bias, initial_rows
+from .init import OldIds, initial_bias, initial_rows, old_mean
 from .layer import NewTokenEmbedding, NewTokenLayer, NewTokenLMHead, check_disjoint_new_tokens
 
 
@@ -36,7 +36,7 @@ def _fill_added_rows(model: nn.Module, n_before: int) -> None:
     layers = [embedding] + ([head] if head is not None and head.weight is not embedding.weight else [])
     with torch.no_grad():
         for layer in layers:
-            layer.weight[n_before:] = layer.weight[:n_before].mean(dim=0)
+            layer.weight[n_before:] = old_mean(layer.weight, OldIds(n_before, ())).to(layer.weight.dtype)
             if getattr(layer, "bias", None) is not None:
                 layer.bias[n_before:] = layer.bias[:n_before].mean()
 
@@ -150,8 +150,7 @@ class GTIModel(LoraModel):
 
     def _inject_new_token_layers(self, model: nn.Module, config: GTIConfig, adapter_name: str, n_before: int):
         ids = config.new_token_ids
-        new = set(ids)
-        old_ids = torch.tensor([i for i in range(n_before) if i not in new], dtype=torch.long)
+        old_ids = OldIds(n_before, ids)  # a range minus the new ids: no vocabulary-sized list
         text_config = _text_config(model)
         std = getattr(text_config, "initializer_range", 0.02)
         kwargs = {"description_ids": config.description_token_ids, "std": std}

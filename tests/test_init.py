@@ -7,7 +7,7 @@ from conftest import NEW_IDS, VOCAB, tiny_llama
 from peft import get_peft_model
 
 from gti_peft import GTIConfig, description_token_ids, new_token_rows
-from gti_peft.init import initial_rows
+from gti_peft.init import OldIds, initial_rows
 
 
 def rows_for(init, tied=True, **kwargs):
@@ -63,9 +63,8 @@ def test_description_ids_from_a_tokenizer():
 
 def test_initial_rows_refuses_description_ids_outside_old_vocabulary():
     weight = torch.randn(10, 4)
-    old_ids = torch.arange(8)
     try:
-        initial_rows("description", weight, old_ids, 1, description_ids=[[9]])
+        initial_rows("description", weight, OldIds(8, []), 1, description_ids=[[9]])
     except ValueError as error:
         assert "description_token_ids" in str(error) and "[9]" in str(error)
     else:

@@ -23,6 +23,9 @@ class ModelArgs:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: NF4 base via bitsandbytes."})
     gradient_checkpointing: bool = False
+    ignore_memory_check: bool = field(
+        default=False, metadata={"help": "Train even when the predicted peak exceeds the device's free memory."}
+    )
 
 
 @dataclass
@@ -216,7 +219,7 @@ def validate_training_args(stage: TrainStageArgs, where: str) -> None:
     from transformers import TrainingArguments
 
     options = dict(stage.training_args)
-    if options.get("bf16") not in (True, False, AUTO):
+    if options.get("bf16", False) not in (True, False, AUTO):
         raise ValueError(f"{where}.bf16 must be true, false or auto, got {options.get('bf16')!r}.")
     options["bf16"] = False  # "auto" is resolved when the stage runs, on its device
     if options.get("max_steps", 0) < 0 or options.get("learning_rate", 1.0) <= 0:

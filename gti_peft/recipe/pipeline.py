@@ -13,6 +13,7 @@ from .. import diagnostics
 from ..hub import save_for_hub
 from .config import RecipeConfig, recipe_to_dict
 from .data import SID_FILE, check_grounding_mix, load_data, semantic_ids_stage
+from .memory_check import check_recipe_memory
 from .model import build_model
 from .outputs import prepare_output_dir, write_results
 from .stages import evaluate_stage, finetune_stage, ground_stage
@@ -45,6 +46,7 @@ def run_recipe(config: RecipeConfig) -> dict:
     sids = semantic_ids_stage(config, data, out, state)
     timings["data_and_semantic_ids"] = time.perf_counter() - start
     resume_from = _resume_point(out)
+    check_recipe_memory(config, len(sids.vocabulary()))  # before any weights are loaded
     tokenizer, model = build_model(config, sids, data, resume_from)
     reference = sids.codebook_for_tokens()
     loaded = "start" if resume_from is None else f"loaded from {resume_from.name}/"
