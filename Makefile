@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: env test lint demo clean
+.PHONY: env test lint demo baselines clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
+
+# classical baselines (SASRec, BPR, popularity) on the recipe's split: the optional `baselines` extra (cornac)
+baselines: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[baselines]"
+	$(PY) benchmarks/classical_baselines.py
 
 clean:
 	rm -rf $(VENV) outputs
