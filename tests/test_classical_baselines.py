@@ -68,6 +68,7 @@ def test_sasrec_ranks_the_catalog_learns_the_order_and_ignores_test_targets(spli
     assert all(sorted(r) == sorted(CATALOG) for r in run.rankings.values())  # full ranking, unseen item too
     hits = sum(run.rankings[ex["user"]][0] == ex["target"] for ex in split.test)
     assert hits >= 0.8 * len(split.test)  # the successor rule: item ids map back to the right items
+    assert all(not set(run.rankings_unseen[ex["user"]]) & set(ex["history"]) for ex in split.test)
     # the test targets play no part: other targets, same seed -> the same rankings
     shuffled = [dict(ex, target=CATALOG[-1]) for ex in split.test]
     again = sasrec_rankings(split.train, CATALOG, shuffled, FAST_SASREC, valid=split.valid, top_k=len(CATALOG))
@@ -82,7 +83,7 @@ def test_sasrec_seed_changes_the_model(split):
 
 
 @requires_cornac
-def test_bpr_prefers_a_users_own_group_and_can_exclude_history():
+def test_bpr_prefers_a_users_own_group_and_unseen_rankings_drop_the_history():
     # users u0..u9 only watch i0..i5, users u10..u19 only i6..i11
     rng = random.Random(0)
     train = {f"u{u}": rng.sample(CATALOG[:6] if u < 10 else CATALOG[6:12], 4) for u in range(20)}
@@ -92,5 +93,6 @@ def test_bpr_prefers_a_users_own_group_and_can_exclude_history():
     own = sum(set(r) <= set(CATALOG[:6] if int(u[1:]) < 10 else CATALOG[6:12]) for u, r in run.rankings.items())
     assert own >= 18
     assert run.rankings == bpr_rankings(train, CATALOG, examples, config, top_k=3).rankings  # seeded
-    excluded = bpr_rankings(train, CATALOG, examples, config, top_k=len(CATALOG), exclude_history=True)
-    assert all(not set(r) & set(train[u]) and len(r) == len(CATALOG) - 4 for u, r in excluded.rankings.items())
+    full = bpr_rankings(train, CATALOG, examples, config, top_k=len(CATALOG))
+    for user, ranking in full.rankings_unseen.items():  # the full ranking without the user's 4 items, in order
+        assert ranking == [i for i in full.rankings[user] if i not in train[user]]

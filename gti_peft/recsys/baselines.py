@@ -2,8 +2,8 @@
 
 SASRec (sequential, self-attention) and BPR (matrix factorisation) are trained on ``split.train`` only (the
 items before each user's valid and test targets) and rank the whole catalog for each example. As in the LLM
-arms' constrained beam search, nothing is excluded from a ranking by default (items of the user's history may
-be recommended again); ``exclude_history=True`` gives the usual RecBole/Cornac convention instead.
+arms' constrained beam search, nothing is excluded from ``rankings`` (items of the user's history may be
+recommended again); ``rankings_unseen`` follows the usual RecBole/Cornac convention instead (history excluded).
 
 RecBole 1.2.1 is not used: it cannot run on NumPy 2 (see the README, "Classical baselines").
 """
@@ -104,11 +104,22 @@ def _check_positive(config, names: Sequence[str]) -> None:
 
 @dataclass
 class BaselineRun:
-    """Rankings of one baseline: ``{user: [item, ...]}`` (best first), training seconds and its settings."""
+    """Rankings of one baseline, ``{user: [item, ...]}`` best first: ``rankings`` over the whole catalog,
+    ``rankings_unseen`` without the items of the user's history; training seconds and the settings."""
 
     rankings: dict[str, list[str]]
+    rankings_unseen: dict[str, list[str]]
     train_seconds: float
     settings: dict
+
+
+def _rank_all(examples, item_ids: list[str], items: Mapping, scores_of, k: int) -> tuple[dict, dict]:
+    rankings, unseen = {}, {}
+    for ex in examples:
+        scores, history = scores_of(ex), [items[i] for i in ex["history"]]
+        rankings[ex["user"]] = [item_ids[j] for j in _top_k(scores, k, [])]
+        unseen[ex["user"]] = [item_ids[j] for j in _top_k(scores, k, history)]
+    return rankings, unseen
 
 
 def _index_maps(train: Mapping[str, Sequence[str]], catalog: Sequence[str]) -> tuple[OrderedDict, OrderedDict]:
@@ -148,7 +159,6 @@ def sasrec_rankings(
     config: SASRecConfig | None = None,
     valid: Sequence[SequenceExample] | None = None,
     top_k: int = 20,
-    exclude_history: bool = False,
 ) -> BaselineRun:
     """Train Cornac's SASRec on the ``train`` sequences and rank ``catalog`` after each example's history.
 
@@ -190,14 +200,13 @@ def sasrec_rankings(
     start = time.perf_counter()
     model.fit(train_set, val_set)
     seconds = time.perf_counter() - start
-    item_ids = list(items)
-    rankings = {}
-    for ex in examples:
-        history = [items[i] for i in ex["history"]]
-        scores = model.score(users[ex["user"]], history_items=history)
-        rankings[ex["user"]] = [item_ids[j] for j in _top_k(scores, top_k, history if exclude_history else [])]
+
+    def scores_of(ex):
+        return model.score(users[ex["user"]], history_items=[items[i] for i in ex["history"]])
+
+    rankings, unseen = _rank_all(examples, list(items), items, scores_of, top_k)
     settings = {"library": f"cornac {require_baseline_library().__version__}", **asdict(config)}
-    return BaselineRun(rankings, seconds, settings | {"exclude_history": exclude_history, "validated": bool(valid)})
+    return BaselineRun(rankings, unseen, seconds, settings | {"validated": bool(valid)})
 
 
 def bpr_rankings(
@@ -206,13 +215,12 @@ def bpr_rankings(
     examples: Sequence[SequenceExample],
     config: BPRConfig | None = None,
     top_k: int = 20,
-    exclude_history: bool = False,
 ) -> BaselineRun:
     """Train Cornac's BPR on the (user, item) pairs of ``train`` and rank ``catalog`` for each example's user.
 
     BPR has no notion of order: a user's scores come from the factors learned on their train items, so items
     an example's history adds after ``train`` (the valid target, for test examples) only matter for
-    ``exclude_history``.
+    ``rankings_unseen``.
     """
     require_baseline_library()
     from cornac.data import Dataset
@@ -234,10 +242,6 @@ def bpr_rankings(
     start = time.perf_counter()
     model.fit(train_set)
     seconds = time.perf_counter() - start
-    item_ids = list(items)
-    rankings = {}
-    for ex in examples:
-        banned = [items[i] for i in ex["history"]] if exclude_history else []
-        rankings[ex["user"]] = [item_ids[j] for j in _top_k(model.score(users[ex["user"]]), top_k, banned)]
+    rankings, unseen = _rank_all(examples, list(items), items, lambda ex: model.score(users[ex["user"]]), top_k)
     settings = {"library": f"cornac {require_baseline_library().__version__}", **asdict(config)}
-    return BaselineRun(rankings, seconds, settings | {"exclude_history": exclude_history})
+    return BaselineRun(rankings, unseen, seconds, settings)
