@@ -32,7 +32,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
 
-# classical baselines (SASRec, BPR, popularity) on the recipe's split, ~25 min on 2 cores
+# classical baselines (SASRec, BPR, popularity) on the recipe's split, ~15-20 min on 2 cores
 baselines: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/classical_baselines.py
 

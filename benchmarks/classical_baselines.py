@@ -10,7 +10,7 @@ BPR's few settings are chosen on the valid targets (NDCG@10); SASRec keeps its b
 holds every user's top-20 list with its target, in the shape of the recipe's ``rankings.json``, for paired
 bootstraps against the LLM arms.
 
-    flock /tmp/gti-heavy.lock python benchmarks/classical_baselines.py   # about 25 min on 2 busy cores
+    flock /tmp/gti-heavy.lock python benchmarks/classical_baselines.py   # about 15-20 min on 2 busy cores
 """
 
 from __future__ import annotations

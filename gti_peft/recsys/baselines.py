@@ -61,7 +61,7 @@ class SASRecConfig:
     batch_size: int = field(default=512, metadata={"help": "Training (history, next item) pairs per step."})
     n_sample: int = field(default=2048, metadata={"help": "Sampled negatives per batch (0: in-batch only)."})
     loss: str = field(default="ce", metadata={"help": "Cornac loss name, e.g. 'ce' (softmax) or 'bpr'."})
-    n_epochs: int = field(default=15, metadata={"help": "Training epochs (the best on validation is kept)."})
+    n_epochs: int = field(default=10, metadata={"help": "Training epochs (the best on validation is kept)."})
     val_every: int = field(default=1, metadata={"help": "Evaluate on the valid targets every this many epochs."})
     val_metric: str = field(default="ndcg", metadata={"help": "Validation metric: recall, ndcg, auc or mrr."})
     val_k: int = field(default=10, metadata={"help": "Cut-off of the validation metric."})
