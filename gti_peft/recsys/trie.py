@@ -77,6 +77,19 @@ class ItemTrie:
         self._node_item[node] = item
         self._sequences[item] = sequence
 
+    def extend(self, item_tokens: Mapping[Hashable, Sequence[int]]) -> None:
+        """Add items (a growing catalog); on a bad sequence nothing is added and the error says why."""
+        saved = ([dict(c) for c in self._children], list(self._node_item), dict(self._sequences))
+        try:
+            for item, tokens in item_tokens.items():
+                if item in self._sequences:
+                    raise ValueError(f"Item {item!r} is already in the trie: add only new items.")
+                self._insert(item, tokens)
+        except ValueError:
+            self._children, self._node_item, self._sequences = saved
+            raise
+        self._tables.clear()
+
     def _first_item_below(self, node: int) -> Hashable:
         while self._node_item[node] is None:
             node = next(iter(self._children[node].values()))
