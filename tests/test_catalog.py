@@ -186,3 +186,19 @@ def test_cli_extends_from_files(trained, tiny_run_files, tmp_path):
     extend_main(["--adapter", str(trained["folder"]), "--new-items", str(new), "--output", str(tmp_path / "cli")])
     grown = SemanticIDs.load(tmp_path / "cli")
     assert len(grown) == len(trained["items"]) and set(rows["item"]) <= set(grown.item_ids)
+
+
+def test_the_trie_grows_in_place_and_keeps_tables_for_prefixes_only():
+    from gti_peft.recsys import ItemTrie
+
+    trie = ItemTrie({"a": [5, 7], "b": [5, 8]})
+    trie.tensors()
+    trie.extend({"c": [6, 1]})
+    tokens, nodes, node_item = trie.tensors()
+    assert trie.allowed(()) == [5, 6] and trie.item_for([6, 1]) == "c"
+    assert tokens.shape[0] == 3 and node_item.shape[0] == 6  # root + 2 prefixes; 3 leaves only in node_item
+    leaves = nodes[nodes >= 0]
+    assert sorted(trie.items[i] for i in node_item[leaves[node_item[leaves] >= 0]].tolist()) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="share the token sequence"):
+        trie.extend({"d": [9, 9], "e": [5, 7]})
+    assert "d" not in trie and len(trie) == 3  # a refused batch adds nothing
