@@ -70,6 +70,16 @@ def _items_table(table, name: str, item_column: str, title_column: str, descript
         ) from error
 
 
+def _templates(names: list[str] | None) -> tuple:
+    from ..templates import DEFAULT_TEMPLATES
+
+    known = {t.name: t for t in DEFAULT_TEMPLATES}
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise ValueError(f"`templates` names unknown template(s) {unknown}; known: {sorted(known)}.")
+    return tuple(known[n] for n in names) if names else DEFAULT_TEMPLATES
+
+
 def _load_semantic_ids(source: Path, encoder: str | None) -> SemanticIDs:
     if not (source / CONFIG).is_file() or not (source / WEIGHTS).is_file():
         raise FileNotFoundError(
@@ -222,7 +232,8 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     pairs = _grounding_pairs(plan, replay_ratio, options["seed"])
-    report = ground(model, tokenizer, pairs, max_steps=ground_steps, save_strategy="no", **options)
+    templates = options.pop("templates")
+    report = ground(model, tokenizer, pairs, templates, max_steps=ground_steps, save_strategy="no", **options)
     if out.exists() and any(out.iterdir()):  # overwrite=True was checked by the plan
         shutil.rmtree(out)
     save_for_hub(model, tokenizer, out, extra_files=[staging / SAVE_NAME])
@@ -240,6 +251,7 @@ def extend_catalog(
     encoder: str | None = None,
     base_model: str | None = None,
     new_row_init: str = "level_mean",
+    templates: list[str] | None = None,
     learning_rate: float = 1e-3,
     batch_size: int = 16,
     max_length: int = 256,
@@ -263,6 +275,7 @@ def extend_catalog(
         base_model: The base to ground on (default: the adapter config's ``base_model_name_or_path``).
         new_row_init: Rows of new tokens start at the mean of their level's rows (``level_mean``) or of all
             trained rows (``mean``).
+        templates: Names of the grounding templates (default: all of ``DEFAULT_TEMPLATES``).
         learning_rate, batch_size, max_length, seed: Grounding settings.
         overwrite: Replace an existing ``out_folder``.
 
@@ -270,6 +283,7 @@ def extend_catalog(
     before anything is written.
     """
     columns = (item_column, title_column, description_columns)
+    chosen = _templates(templates)
     plan = _plan(
         adapter_folder,
         new_items,
@@ -289,7 +303,7 @@ def extend_catalog(
         write_folder_atomically(out, lambda tmp: ids.extend(_write_files(plan, tmp, new_row_init)))
     else:
         options = {"learning_rate": learning_rate, "per_device_train_batch_size": batch_size, "seed": seed}
-        options["max_length"] = max_length
+        options |= {"max_length": max_length, "templates": chosen}
         with tempfile.TemporaryDirectory(prefix="gti-extend-") as staging:
             ids = _write_files(plan, Path(staging), new_row_init)
             grounding = _ground_and_save(plan, Path(staging), out, base_model, ground_steps, replay_ratio, options)

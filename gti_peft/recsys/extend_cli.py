@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--encoder", default=None, help="Must match the one recorded with the codebooks.")
     parser.add_argument("--base-model", default=None, help="Base to ground on (default: the adapter's).")
     parser.add_argument("--new-row-init", default="level_mean", choices=["level_mean", "mean"])
+    parser.add_argument("--templates", nargs="*", default=None, help="Grounding template names (default: all).")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> dict:
         encoder=args.encoder,
         base_model=args.base_model,
         new_row_init=args.new_row_init,
+        templates=args.templates,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         max_length=args.max_length,
