@@ -7,11 +7,11 @@ replay of old items' pairs, without it, and without it with new rows started at 
 Each is measured on
   (a) title -> ID hit@10 on the new items (constrained over the whole catalog),
   (b) recall@10 / NDCG@10 over every test user (leave-one-out on the full log) whose target is a new item,
-plus title -> ID hit@10 on a sample of old items (forgetting). Baselines in the same run: the trained adapter
-before extension (cannot name a new item: 0 by construction) and a text kNN (MiniLM cosine between the
-items and the mean of the user's history).
+plus title -> ID hit@10 on a sample of old items before and after the grounding pass (forgetting). Baselines in
+the same run: the trained adapter before extension (cannot name a new item: 0 by construction) and a text kNN
+(MiniLM cosine between the items and the mean of the user's history).
 
-    .venv/bin/python benchmarks/cold_start.py --ground-steps 40 --finetune-steps 60 --extend-steps 30
+    .venv/bin/python benchmarks/cold_start.py --ground-steps 30 --finetune-steps 50 --extend-steps 20 --batch-size 8
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="offline:smollm2-135m-instruct")
     parser.add_argument("--method", default="residual_kmeans", help="semantic_ids.method")
     parser.add_argument("--new-fraction", type=float, default=0.1)
-    parser.add_argument("--ground-steps", type=int, default=40, help="recipe grounding steps")
-    parser.add_argument("--finetune-steps", type=int, default=60)
-    parser.add_argument("--extend-steps", type=int, default=30, help="rows-only grounding after extending")
+    parser.add_argument("--ground-steps", type=int, default=30, help="recipe grounding steps")
+    parser.add_argument("--finetune-steps", type=int, default=50)
+    parser.add_argument("--extend-steps", type=int, default=20, help="rows-only grounding after extending")
+    parser.add_argument("--batch-size", type=int, default=8, help="every training stage")
     parser.add_argument("--replay-ratio", type=float, default=1.0)
-    parser.add_argument("--old-sample", type=int, default=64, help="old items checked for forgetting")
+    parser.add_argument("--old-sample", type=int, default=48, help="old items checked for forgetting")
     parser.add_argument("--max-history", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "benchmarks" / "cold_start"))
@@ -90,12 +91,15 @@ def train(args, work: Path, interactions, items, new: set[str]) -> Path:
         ),
         semantic_ids=SemanticIDArgs(method=args.method, seed=args.seed),
         grounding=TrainStageArgs(
-            max_steps=args.ground_steps, learning_rate=0.01, batch_size=16, warmup_steps=5, templates=TEMPLATES
+            max_steps=args.ground_steps, learning_rate=0.01, batch_size=args.batch_size, warmup_steps=5
         ),
-        finetune=TrainStageArgs(max_steps=args.finetune_steps, learning_rate=1e-3, batch_size=16, warmup_steps=10),
+        finetune=TrainStageArgs(
+            max_steps=args.finetune_steps, learning_rate=1e-3, batch_size=args.batch_size, warmup_steps=10
+        ),
         output=OutputArgs(output_dir=str(work / "recipe"), stages=["ground", "finetune"], seed=args.seed),
     )
     config.model.name_or_path = args.model
+    config.grounding.templates = TEMPLATES
     if not (work / "recipe" / "adapter").exists():
         run_recipe(config)
     return work / "recipe" / "adapter"
@@ -119,7 +123,7 @@ def title_hits(model, tokenizer, sids: SemanticIDs, items, chosen: set[str]) -> 
     return title_to_id_hits(model, tokenizer, pairs, sids.to_dict(), table["item"], num_beams=10)
 
 
-def measure(folder: Path, args, items, new_ids, old_sample, examples, train_histories) -> dict:
+def measure(folder: Path, args, items, new_ids, old_sample, examples, train_histories, check_old=True) -> dict:
     model, tokenizer, sids = load(folder, args.model)
     sid = sids.to_dict()
     if not all(i in sid for i in new_ids):  # the adapter before extension cannot name a new item
@@ -129,7 +133,8 @@ def measure(folder: Path, args, items, new_ids, old_sample, examples, train_hist
         evaluation = EvalArgs(num_beams=20, top_k=20, max_users=None, batch_size=8)
         metrics = evaluate_next_item(model, tokenizer, examples, sid, train_histories, evaluation, len(items))
         result["new_target_users"] = metrics["model"]
-    result["old_items"] = title_hits(model, tokenizer, sids, items, set(old_sample))
+    if check_old:  # only grounding moves old items' rows
+        result["old_items"] = title_hits(model, tokenizer, sids, items, set(old_sample))
     return result
 
 
@@ -146,6 +151,25 @@ def text_knn(items, examples) -> dict:
     return evaluate_rankings(rankings, [ex["target"] for ex in examples], ks=(10, 20), catalog_size=len(ids))
 
 
+def save(args, report: dict) -> None:
+    """Write the results so far (a long run keeps every finished arm)."""
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def print_table(results: dict) -> None:
+    print(
+        "\n| arm | new items: title->ID hit@10 | new-target users: recall@10 | NDCG@10 | old items: title->ID hit@10 |"
+    )
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        hit = r.get("new_items", {}).get("title_to_id_hit@10")
+        users = r.get("new_target_users", {})
+        old = r.get("old_items", {}).get("title_to_id_hit@10")
+        values = (hit, users.get("recall@10"), users.get("ndcg@10"), old)
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" if v is not None else "-" for v in values) + " |")
+
+
 def main() -> None:
     args = parse_args()
     work = Path(args.workdir)
@@ -157,9 +181,12 @@ def main() -> None:
     full = leave_one_out(user_histories(interactions, items=items), max_history=args.max_history)
     examples = [ex for ex in full.test if ex["target"] in new]
     print(f"{len(new)} new items, {len(examples)} test users whose target is new", flush=True)
+    results = {"text kNN (MiniLM)": {"new_target_users": text_knn(items, examples)}}
+    report = {**run_environment(), "config": {k: v for k, v in vars(args).items() if k not in ("output", "workdir")}}
+    report |= {"new_items": len(new), "new_target_users": len(examples), "timings": {}, "arms": results}
     start = time.perf_counter()
     adapter = train(args, work, interactions, items, new)
-    timings = {"train_s": round(time.perf_counter() - start, 1)}
+    report["timings"]["train_s"] = round(time.perf_counter() - start, 1)
     new_table = items.filter(lambda r: r["item"] in new)
     old_table = items.filter(lambda r: r["item"] not in new)
     arms = {
@@ -167,44 +194,24 @@ def main() -> None:
         "extended, no grounding": ("plain", {}),
         "extended, no grounding, mean rows": ("mean_rows", {"new_row_init": "mean"}),
     }
-    before = measure(adapter, args, items, new_ids, old_sample, examples, full.train)
-    results = {"trained adapter (before extension)": before}
+    results["trained adapter (before extension)"] = measure(
+        adapter, args, items, new_ids, old_sample, examples, full.train
+    )
+    save(args, report)
     for name, (slug, options) in arms.items():
         folder = work / f"extended-{slug}"
         start = time.perf_counter()
         if not folder.exists():
-            settings = {"templates": TEMPLATES, "learning_rate": 0.01, "batch_size": 16, "max_length": 160}
-            settings |= {"replay_ratio": args.replay_ratio, "seed": args.seed}
-            report = extend_catalog(adapter, new_table, folder, **settings, **options)
-            timings[f"extend: {name}"] = round(time.perf_counter() - start, 1)
-            results.setdefault("_extension", report.to_dict() | {"new_items": len(report.new_items)})
-        results[name] = measure(folder, args, items, new_ids, old_sample, examples, full.train)
+            settings = {"templates": TEMPLATES, "learning_rate": 0.01, "batch_size": args.batch_size}
+            settings |= {"max_length": 160, "replay_ratio": args.replay_ratio, "seed": args.seed}
+            extension = extend_catalog(adapter, new_table, folder, **settings, **options)
+            report["timings"][f"extend: {name}"] = round(time.perf_counter() - start, 1)
+            report.setdefault("extension", extension.to_dict() | {"new_items": len(extension.new_items)})
+        grounded = "ground_steps" in options
+        results[name] = measure(folder, args, items, new_ids, old_sample, examples, full.train, check_old=grounded)
         print(name, results[name], flush=True)
-    results["text kNN (MiniLM)"] = {"new_target_users": text_knn(items, examples)}
-    header = (
-        "| arm | new items: title->ID hit@10 | new-target users: recall@10 | NDCG@10 | old items: title->ID hit@10 |"
-    )
-    print("\n" + header)
-    print("|---|---|---|---|---|")
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        hit = r.get("new_items", {}).get("title_to_id_hit@10")
-        users = r.get("new_target_users", {})
-        old = r.get("old_items", {}).get("title_to_id_hit@10")
-        values = (hit, users.get("recall@10"), users.get("ndcg@10"), old)
-        cells = [f"{v:.3f}" if v is not None else "-" for v in values]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    report = {
-        **run_environment(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("output", "workdir")},
-        "new_items": len(new),
-        "new_target_users": len(examples),
-        "timings": timings,
-        "arms": results,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        save(args, report)
+    print_table(results)
     print(f"wrote {args.output}")
 
 
