@@ -202,3 +202,22 @@ def test_the_trie_grows_in_place_and_keeps_tables_for_prefixes_only():
     with pytest.raises(ValueError, match="share the token sequence"):
         trie.extend({"d": [9, 9], "e": [5, 7]})
     assert "d" not in trie and len(trie) == 3  # a refused batch adds nothing
+
+
+def test_a_new_disambiguation_token_gets_one_new_row_at_its_level_mean(trained, tmp_path):
+    old = trained["sids"]
+    last = old.level_sizes[-1] - 1  # an item holding the last disambiguation code: its twin needs one more
+    twin_of = next(i for i, row in zip(old.item_ids, old.full_codes.tolist()) if row[-1] == last)
+    row = trained["items"].filter(lambda r: r["item"] == twin_of)[0]
+    twin = Dataset.from_dict({"item": ["twin"], "title": [row["title"]], "description": [row["description"]]})
+    report = extend_catalog(trained["folder"], twin, tmp_path / "twin")
+    level = old.level_names[-1]
+    assert report.new_tokens == [f"<{level}_{last + 1}>"] and report.disambiguated_items == 1
+    grown = SemanticIDs.load(tmp_path / "twin")
+    assert grown.tokens_for("twin") == grown.tokens_for(twin_of)[: -len(f"<{level}_{last}>")] + report.new_tokens[0]
+    rows = load_file(tmp_path / "twin" / "adapter_model.safetensors")
+    key = next(k for k in rows if k.endswith("gti_rows"))
+    vocab = old.vocabulary()
+    same_level = [i for i, t in enumerate(vocab) if t.startswith(f"<{level}_")]
+    assert rows[key].shape[0] == len(vocab) + 1
+    torch.testing.assert_close(rows[key][-1], rows[key][same_level].mean(0))

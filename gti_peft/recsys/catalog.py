@@ -158,13 +158,21 @@ def _plan(source, new_items, out, encoder, replay, columns, ground_steps, replay
     return _Plan(source, sids, extended, table, replay_table, new_tokens)
 
 
+def _level(token: str | None) -> str | None:
+    match = _LEVEL.match(token or "")
+    return match.group(1) if match else None
+
+
+def _same_level(tokens: list[str], token: str) -> list[int]:
+    return [i for i, old in enumerate(tokens) if _level(old) is not None and _level(old) == _level(token)]
+
+
 def _level_rows(rows: torch.Tensor, tokens: list[str], new_tokens: list[str], new_row_init: str) -> torch.Tensor:
     """Starting rows of new tokens: the mean of the trained rows of the same level (``level_mean``) or of all
     trained rows (``mean``)."""
-    levels = [_LEVEL.match(t).group(1) for t in tokens]
     out = []
     for token in new_tokens:
-        same = [i for i, level in enumerate(levels) if level == _LEVEL.match(token).group(1)]
+        same = _same_level(tokens, token)
         out.append(rows[same if new_row_init == "level_mean" and same else slice(None)].float().mean(dim=0))
     return torch.stack(out).to(rows.dtype)
 
@@ -196,6 +204,9 @@ def _write_files(plan: _Plan, tmp: Path, new_row_init: str) -> list[int]:
         multiple = config.get("pad_to_multiple_of")
         vocab_size = -(-vocab_size // multiple) * multiple if multiple else vocab_size
         config["new_token_ids"] = old_ids + ids
+        if config.get("description_token_ids"):  # init='description': a new token borrows a level-mate's text
+            texts = config["description_token_ids"]
+            texts += [texts[(_same_level(tokens, t) or [0])[0]] for t in plan.new_tokens]
         config["vocab_size"] = vocab_size
         if "gti_vocab_size" in metadata:
             metadata["gti_vocab_size"] = str(vocab_size)
