@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from environment import run_environment
 
-from gti_peft.offline_assets import resolve
+from gti_peft.offline_assets import MINILM, resolve
 from gti_peft.recipe import RecipeConfig, run_recipe
 from gti_peft.recipe.config import DataArgs, EvalArgs, OutputArgs, SemanticIDArgs, TrainStageArgs
 from gti_peft.recipe.evaluation import evaluate_next_item, title_to_id_hits
@@ -140,7 +140,7 @@ def measure(folder: Path, args, items, new_ids, old_sample, examples, train_hist
 
 def text_knn(items, examples) -> dict:
     ids, texts = item_texts(items)
-    vectors = embed_texts(texts, show_progress=False)
+    vectors = embed_texts(texts, MINILM, show_progress=False)
     index = {item: n for n, item in enumerate(ids)}
     rankings = []
     for ex in examples:
