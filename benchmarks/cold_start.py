@@ -11,7 +11,7 @@ plus title -> ID hit@10 on a sample of old items before and after the grounding 
 the same run: the trained adapter before extension (cannot name a new item: 0 by construction) and a text kNN
 (MiniLM cosine between the items and the mean of the user's history).
 
-    .venv/bin/python benchmarks/cold_start.py --ground-steps 20 --finetune-steps 40 --extend-steps 20 --batch-size 8
+    .venv/bin/python benchmarks/cold_start.py --ground-steps 30 --finetune-steps 20 --extend-steps 20 --batch-size 8
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="offline:smollm2-135m-instruct")
     parser.add_argument("--method", default="residual_kmeans", help="semantic_ids.method")
     parser.add_argument("--new-fraction", type=float, default=0.1)
-    parser.add_argument("--ground-steps", type=int, default=20, help="recipe grounding steps")
-    parser.add_argument("--finetune-steps", type=int, default=40)
+    parser.add_argument("--ground-steps", type=int, default=30, help="recipe grounding steps")
+    parser.add_argument("--finetune-steps", type=int, default=20)
     parser.add_argument("--extend-steps", type=int, default=20, help="rows-only grounding after extending")
     parser.add_argument("--batch-size", type=int, default=8, help="every training stage")
     parser.add_argument("--replay-ratio", type=float, default=1.0)
