@@ -245,8 +245,8 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
     pairs = _grounding_pairs(plan, replay_ratio, options["seed"])
     templates = options.pop("templates")
     report = ground(model, tokenizer, pairs, templates, max_steps=ground_steps, save_strategy="no", **options)
-    if out.exists() and any(out.iterdir()):  # overwrite=True was checked by the plan
-        shutil.rmtree(out)
+    if out.exists() and not (out / CONFIG).is_file():  # overwrite=True was checked by the plan; an adapter
+        shutil.rmtree(out)  # folder is replaced atomically by save_for_hub, anything else is cleared first
     save_for_hub(model, tokenizer, out, extra_files=[staging / SAVE_NAME])
     return {"steps": report.steps, "pairs": len(pairs), "seconds": report.train_seconds}
 
