@@ -184,9 +184,11 @@ def main() -> None:
     results = {"text kNN (MiniLM)": {"new_target_users": text_knn(items, examples)}}
     report = {**run_environment(), "config": {k: v for k, v in vars(args).items() if k not in ("output", "workdir")}}
     report |= {"new_items": len(new), "new_target_users": len(examples), "timings": {}, "arms": results}
+    save(args, report)
     start = time.perf_counter()
     adapter = train(args, work, interactions, items, new)
     report["timings"]["train_s"] = round(time.perf_counter() - start, 1)
+    save(args, report)
     new_table = items.filter(lambda r: r["item"] in new)
     old_table = items.filter(lambda r: r["item"] not in new)
     arms = {
