@@ -3,6 +3,7 @@
 gti-peft train --config smollm2-135m/movielens            # a recipe shipped with the package
 gti-peft train --config my.yaml --set adapter.init=mean   # or any YAML, with overrides
 gti-peft diagnostics outputs/run/adapter --out outputs/diag
+gti-peft extend-catalog --adapter outputs/run/adapter --new-items new.csv --output outputs/run/adapter-grown
 accelerate launch -m gti_peft.cli train --config smollm2-135m/movielens
 """
 
@@ -16,7 +17,7 @@ import sys
 SUBCOMMANDS = {
     "train": "gti_peft.train_cli",
     "diagnostics": "gti_peft.diagnostics_cli",
-    # "extend-catalog": "gti_peft.recsys.extend_cli",
+    "extend-catalog": "gti_peft.recsys.extend_cli",
 }
 
 

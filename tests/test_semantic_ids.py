@@ -147,3 +147,28 @@ def test_real_minilm_embeddings_small():
     assert len(set(sids.to_dict().values())) == 24
     # the four genres land in four different first-level codes
     assert len({sids.codes[i * 6, 0].item() for i in range(4)}) == 4
+
+
+def test_recipe_semantic_ids_method_is_validated(tmp_path):
+    from gti_peft.recipe import load_recipe_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text("semantic_ids:\n  method: rqvae\n")
+    assert load_recipe_config(path).semantic_ids.method == "rqvae"
+    path.write_text("semantic_ids:\n  method: kmeans++\n")
+    with pytest.raises(ValueError, match=r"semantic_ids.method must be one of .*'balanced'.*got 'kmeans\+\+'"):
+        load_recipe_config(path)
+
+
+def test_a_version_1_file_loads_as_residual_kmeans_without_encoder(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    sids = SemanticIDs.from_embeddings(_ids(10), _embeddings(10), levels=2, codes_per_level=3)
+    meta = {"format": "gti_peft.semantic_ids", "version": 1, "item_ids": sids.item_ids}
+    meta["level_names"] = sids.level_names
+    tensors = {"codes": sids.codes} | {f"codebook_{i}": b for i, b in enumerate(sids.codebooks)}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"gti_peft.semantic_ids": json.dumps(meta)})
+    old = SemanticIDs.load(tmp_path / "old.safetensors")
+    assert old.method == "residual_kmeans" and old.encoder is None and old.to_dict() == sids.to_dict()

@@ -12,6 +12,7 @@ import yaml
 
 from ..config import INIT_METHODS
 from ..precision import AUTO
+from ..recsys.quantizers import METHODS as SEMANTIC_ID_METHODS
 from ..templates import DEFAULT_TEMPLATES, PROMPT_STYLES
 
 STAGES = ("ground", "finetune", "evaluate")
@@ -57,6 +58,10 @@ class SemanticIDArgs:
     levels: int = 3
     codes_per_level: int = 32
     seed: int = 0
+    method: str = field(
+        default="residual_kmeans",
+        metadata={"help": f"Quantizer of the item embeddings: one of {SEMANTIC_ID_METHODS}."},
+    )
 
 
 @dataclass
@@ -177,6 +182,15 @@ class RecipeConfig:
             raise ValueError(
                 f"evaluation.top_k={self.evaluation.top_k} exceeds evaluation.num_beams={self.evaluation.num_beams}: "
                 "beam search returns at most num_beams items; raise num_beams or lower top_k."
+            )
+        if self.semantic_ids.method not in SEMANTIC_ID_METHODS:
+            raise ValueError(
+                f"semantic_ids.method must be one of {list(SEMANTIC_ID_METHODS)}, got {self.semantic_ids.method!r}."
+            )
+        if self.semantic_ids.levels < 1 or self.semantic_ids.codes_per_level < 2:
+            raise ValueError(
+                f"semantic_ids needs levels >= 1 and codes_per_level >= 2, got levels={self.semantic_ids.levels}, "
+                f"codes_per_level={self.semantic_ids.codes_per_level}; the usual choice is 3 x 32."
             )
         if self.evaluation.split not in ("test", "valid"):
             raise ValueError(f"evaluation.split must be 'test' or 'valid', got {self.evaluation.split!r}.")

@@ -55,7 +55,9 @@ def semantic_ids_stage(config: RecipeConfig, data: RecData, out: Path, state: Pa
         if not path.exists() and state.is_main_process:
             ids, texts = item_texts(data.items)
             args = config.semantic_ids
-            sids = SemanticIDs.build(ids, texts, args.encoder, args.levels, args.codes_per_level, args.seed)
+            sids = SemanticIDs.build(
+                ids, texts, args.encoder, args.levels, args.codes_per_level, args.seed, method=args.method
+            )
             sids.save(path)
     return SemanticIDs.load(path)
 

@@ -27,7 +27,7 @@ def prepare_output_dir(config: RecipeConfig, state: PartialState) -> Path:
                 "folder, or set output.overwrite: true."
             )
         previous = yaml.safe_load(saved.read_text())
-        changed = sorted(k for k in comparable if previous.get(k) != comparable[k])
+        changed = sorted(k for k in comparable if _differs(previous.get(k), comparable[k]))
         if changed:
             raise FileExistsError(
                 f"output.output_dir={str(out)!r} holds a run with different {changed} settings: resuming would mix "
@@ -38,6 +38,13 @@ def prepare_output_dir(config: RecipeConfig, state: PartialState) -> Path:
         saved.write_text(yaml.safe_dump(current, sort_keys=False))
     state.wait_for_everyone()
     return out
+
+
+def _differs(previous, current) -> bool:
+    """Whether a saved section differs from the current one; keys the saved run predates do not count."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        return any(previous[key] != value for key, value in current.items() if key in previous)
+    return previous != current
 
 
 def plot_rows(model, out: Path) -> None:

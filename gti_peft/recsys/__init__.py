@@ -26,6 +26,8 @@ from .metrics import (
     recall_at_k,
     target_ranks,
 )
+from .quantizers import METHODS as SEMANTIC_ID_METHODS
+from .quantizers import balanced_residual_kmeans, rqvae
 from .semantic_ids import DEFAULT_ENCODER, SemanticIDs, embed_texts, residual_kmeans
 from .trie import ItemTrie
 
@@ -55,6 +57,9 @@ __all__ = [
     "recall_at_k",
     "recommendation_messages",
     "residual_kmeans",
+    "balanced_residual_kmeans",
+    "rqvae",
+    "SEMANTIC_ID_METHODS",
     "target_ranks",
     "training_examples",
     "user_histories",

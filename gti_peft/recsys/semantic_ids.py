@@ -1,23 +1,31 @@
-"""Semantic IDs: item text -> sentence embedding -> residual k-means codes -> new LM tokens.
+"""Semantic IDs: item text -> sentence embedding -> residual quantizer codes -> new LM tokens.
 
 Each item gets one code per level (``<a_12><b_7><c_3>``); each (level, code) pair is one new token. If some items
 share all codes, EVERY ID gets one more level (``<d_0>``, ``<d_1>``, ... numbering the items that share a prefix,
-in item order), so IDs are unique and all have the same length. Saved as one ``.safetensors`` file."""
+in item order), so IDs are unique and all have the same length. Saved as one ``.safetensors`` file that also
+keeps the codebooks, the quantizer and the encoder's name, so a catalog can grow (:meth:`SemanticIDs.extend`)."""
 
 from __future__ import annotations
 
 import json
 import string
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..offline_assets import resolve
+from .quantizers import (
+    METHODS,
+    Projection,
+    assign_codes,
+    balanced_residual_kmeans,
+    check_quantizer_args,
+    residual_kmeans,
+    rqvae,
+)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SAVE_NAME = "semantic_ids.safetensors"
@@ -63,55 +71,6 @@ def embed_texts(
     return out
 
 
-def _check_quantizer_args(n_items: int, levels: int, codes_per_level: int) -> None:
-    if n_items < 1:
-        raise ValueError("No items given: semantic IDs need at least one item.")
-    if levels < 1:
-        raise ValueError(f"`levels` must be >= 1, got {levels}; the usual choice is 3 or 4.")
-    if codes_per_level < 2:
-        raise ValueError(f"`codes_per_level` must be >= 2, got {codes_per_level}; use e.g. codes_per_level=32.")
-    if codes_per_level > n_items:
-        raise ValueError(
-            f"`codes_per_level`={codes_per_level} exceeds the number of items ({n_items}): k-means cannot "
-            f"make more clusters than points; use codes_per_level <= {n_items}."
-        )
-
-
-def residual_kmeans(
-    embeddings: torch.Tensor | np.ndarray,
-    levels: int = 3,
-    codes_per_level: int = 32,
-    seed: int = 0,
-    n_init: int = 10,
-) -> tuple[torch.LongTensor, list[torch.Tensor]]:
-    """Residual quantization with scikit-learn k-means, level by level.
-
-    Level 0 clusters the embeddings; level ``l`` clusters what remains after subtracting the centroids
-    chosen at levels ``< l``. Returns ``codes`` ``[n, levels]`` and one ``[codes_per_level, d]`` codebook
-    per level. Deterministic for a given ``seed``.
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
-    x = embeddings.detach().cpu().double().numpy() if torch.is_tensor(embeddings) else np.asarray(embeddings)
-    if x.ndim != 2:
-        raise ValueError(f"`embeddings` must be 2-D [n_items, dim], got shape {tuple(x.shape)}.")
-    _check_quantizer_args(x.shape[0], levels, codes_per_level)
-    residual = x.astype(np.float64, copy=True)
-    codes = np.empty((x.shape[0], levels), dtype=np.int64)
-    codebooks = []
-    for level in range(levels):
-        kmeans = KMeans(n_clusters=codes_per_level, n_init=n_init, random_state=seed)
-        with warnings.catch_warnings():
-            # deep levels of near-duplicate items can have fewer distinct residuals than codes: harmless
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = kmeans.fit_predict(residual)
-        codes[:, level] = labels
-        residual -= kmeans.cluster_centers_[labels]
-        codebooks.append(torch.from_numpy(kmeans.cluster_centers_).float())
-    return torch.from_numpy(codes), codebooks
-
-
 def _default_level_names(n: int) -> list[str]:
     return [string.ascii_lowercase[i] if i < 26 else f"l{i}" for i in range(n)]
 
@@ -126,17 +85,25 @@ class SemanticIDs:
         codebooks: one ``[codes_per_level, dim]`` tensor per level.
         level_names: token prefix per level (default ``a, b, c, ...``); may name the disambiguation level
             too, otherwise it gets the next free letter.
+        method: the builder of the codes, one of ``METHODS``.
+        encoder: the sentence encoder that embedded the item texts (needed to code new items).
+        projection: RQ-VAE's encoder layers ``[(weight, bias), ...]`` into the codebooks' space, else ``None``.
     """
 
     item_ids: list[str]
     codes: torch.LongTensor
     codebooks: list[torch.Tensor]
     level_names: list[str] | None = None
+    method: str = "residual_kmeans"
+    encoder: str | None = None
+    projection: Projection | None = None
     # set in __post_init__: codes plus the disambiguation column when items collide
     full_codes: torch.LongTensor = field(init=False)
 
     def __post_init__(self):
         self.item_ids = _check_item_ids(self.item_ids, allow_empty=True)
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
         self.codes = torch.as_tensor(self.codes, dtype=torch.long)
         n, levels = self.codes.shape
         if len(self.item_ids) != n or len(self.codebooks) != levels:
@@ -170,13 +137,21 @@ class SemanticIDs:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SemanticIDs):
             return NotImplemented
-        mine, theirs = [self.item_ids, self.level_names], [other.item_ids, other.level_names]
-        tensors = [self.codes, *self.codebooks], [other.codes, *other.codebooks]
-        return mine == theirs and len(tensors[0]) == len(tensors[1]) and all(map(torch.equal, *tensors))
+        mine, theirs = self._fields_and_tensors(), other._fields_and_tensors()
+        same_sizes = len(mine[1]) == len(theirs[1]) and mine[0] == theirs[0]
+        return same_sizes and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine[1], theirs[1]))
+
+    def _fields_and_tensors(self) -> tuple[list, list[torch.Tensor]]:
+        fields = [self.item_ids, self.level_names, self.method, self.encoder, self.projection is None]
+        layers = [t for layer in self.projection or [] for t in layer]
+        return fields, [self.codes, *self.codebooks, *layers]
 
     def __repr__(self) -> str:
         sizes, names = self.level_sizes, self.level_names
-        return f"SemanticIDs(n_items={len(self)}, levels={names}, sizes={sizes}, collisions={self.n_collisions})"
+        return (
+            f"SemanticIDs(n_items={len(self)}, method={self.method!r}, levels={names}, sizes={sizes}, "
+            f"collisions={self.n_collisions})"
+        )
 
     @classmethod
     def from_embeddings(
@@ -186,13 +161,24 @@ class SemanticIDs:
         levels: int = 3,
         codes_per_level: int = 32,
         seed: int = 0,
+        method: str = "residual_kmeans",
+        encoder: str | None = None,
     ) -> SemanticIDs:
-        """Quantize precomputed item embeddings ``[n_items, dim]`` (see :func:`residual_kmeans`)."""
+        """Quantize precomputed item embeddings ``[n_items, dim]`` with ``method``: ``"residual_kmeans"``
+        (:func:`residual_kmeans`), ``"balanced"`` (:func:`balanced_residual_kmeans`) or ``"rqvae"``
+        (:func:`rqvae`). ``encoder`` names what made the embeddings (kept for :meth:`extend`)."""
         item_ids = _check_item_ids(item_ids)
         if len(item_ids) != len(embeddings):
             raise ValueError(f"{len(item_ids)} `item_ids` but {len(embeddings)} `embeddings`: they must match.")
-        codes, codebooks = residual_kmeans(embeddings, levels, codes_per_level, seed)
-        return cls(item_ids, codes, codebooks)
+        check_quantizer_args(len(item_ids), levels, codes_per_level, method)
+        projection = None
+        if method == "rqvae":
+            codes, codebooks, projection = rqvae(embeddings, levels, codes_per_level, seed)
+        elif method == "balanced":
+            codes, codebooks = balanced_residual_kmeans(embeddings, levels, codes_per_level, seed)
+        else:
+            codes, codebooks = residual_kmeans(embeddings, levels, codes_per_level, seed)
+        return cls(item_ids, codes, codebooks, method=method, encoder=encoder, projection=projection)
 
     @classmethod
     def build(
@@ -205,14 +191,15 @@ class SemanticIDs:
         seed: int = 0,
         batch_size: int = 64,
         device: str | None = None,
+        method: str = "residual_kmeans",
     ) -> SemanticIDs:
-        """Embed each item's text with ``encoder``, then quantize (see :func:`residual_kmeans`)."""
+        """Embed each item's text with ``encoder``, then quantize (see :meth:`from_embeddings`)."""
         item_ids = _check_item_ids(item_ids)
         if len(texts) != len(item_ids):
             raise ValueError(f"{len(item_ids)} `item_ids` but {len(texts)} `texts`: pass one text per item.")
-        _check_quantizer_args(len(item_ids), levels, codes_per_level)  # before loading any model
+        check_quantizer_args(len(item_ids), levels, codes_per_level, method)  # before loading any model
         embeddings = embed_texts(texts, encoder, batch_size=batch_size, device=device)
-        return cls.from_embeddings(item_ids, embeddings, levels, codes_per_level, seed)
+        return cls.from_embeddings(item_ids, embeddings, levels, codes_per_level, seed, method, encoder)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -267,6 +254,58 @@ class SemanticIDs:
         (the disambiguation tokens have none and are left out), for RSA diagnostics."""
         return torch.cat(self.codebooks, dim=0)
 
+    def assign(self, embeddings: torch.Tensor) -> torch.LongTensor:
+        """Quantizer codes ``[n, levels]`` of new embeddings from the saved codebooks (nothing is re-clustered)."""
+        return assign_codes(embeddings, self.codebooks, self.projection)[0]
+
+    def extend(self, item_ids: Sequence[str], embeddings: torch.Tensor) -> SemanticIDs:
+        """These IDs plus new items coded from the saved codebooks; every old item keeps its ID.
+
+        ``embeddings`` must come from the same encoder. With a disambiguation level, a new item whose codes are
+        taken gets the next free ``<d_k>`` (a new token only when ``k`` is past the last one). Without one, it
+        takes the nearest last-level code that is still free under its prefix (no new token); when every one is
+        taken a ``ValueError`` says so. Balanced IDs code new items by the nearest centroid (no capacity limit).
+        """
+        item_ids = _check_item_ids(item_ids)
+        known = [i for i in item_ids if i in self._index]
+        if known:
+            raise ValueError(f"{len(known)} new items already have semantic IDs, e.g. {known[:5]}: drop them.")
+        if len(item_ids) != len(embeddings):
+            raise ValueError(f"{len(item_ids)} `item_ids` but {len(embeddings)} `embeddings`: they must match.")
+        expected = self.projection[0][0].shape[1] if self.projection else self.codebooks[0].shape[1]
+        if embeddings.ndim != 2 or embeddings.shape[1] != expected:
+            raise ValueError(
+                f"`embeddings` have shape {tuple(embeddings.shape)} but the codebooks take {expected}-dim vectors: "
+                f"embed the new items with the encoder the IDs were built with ({self.encoder!r})."
+            )
+        codes, last_distances = assign_codes(embeddings, self.codebooks, self.projection)
+        if not self.has_disambiguation:
+            codes = self._free_last_codes(codes, last_distances)
+        return SemanticIDs(
+            [*self.item_ids, *item_ids],
+            torch.cat([self.codes, codes]),
+            self.codebooks,
+            self.level_names,
+            self.method,
+            self.encoder,
+            self.projection,
+        )
+
+    def _free_last_codes(self, codes: torch.LongTensor, last_distances: torch.Tensor) -> torch.LongTensor:
+        taken = {tuple(row) for row in self.codes.tolist()}
+        codes = codes.clone()
+        for row, distances in zip(codes, last_distances):
+            prefix = tuple(row[:-1].tolist())
+            free = [c for c in distances.argsort().tolist() if prefix + (c,) not in taken]
+            if not free:
+                raise ValueError(
+                    f"Every last-level code under the prefix {list(prefix)} is taken and these IDs have no "
+                    "disambiguation level: rebuild the semantic IDs with more codes_per_level."
+                )
+            row[-1] = free[0]
+            taken.add(prefix + (free[0],))
+        return codes
+
     def save(self, path: str | Path) -> Path:
         """Write ONE ``.safetensors`` file: codes and codebooks as tensors, item ids and level names as JSON in
         its metadata. A path not ending in ``.safetensors`` is a folder that gets ``semantic_ids.safetensors``."""
@@ -276,7 +315,10 @@ class SemanticIDs:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"codes": self.codes.contiguous()}
         tensors.update({f"codebook_{i}": book.detach().float().contiguous() for i, book in enumerate(self.codebooks)})
-        meta = {"format": _FORMAT, "version": 1, "item_ids": self.item_ids, "level_names": self.level_names}
+        for i, (weight, bias) in enumerate(self.projection or []):
+            tensors |= {f"projection_{i}.weight": weight.contiguous(), f"projection_{i}.bias": bias.contiguous()}
+        meta = {"format": _FORMAT, "version": 2, "item_ids": self.item_ids, "level_names": self.level_names}
+        meta |= {"method": self.method, "encoder": self.encoder}
         save_file(tensors, str(path), metadata={_FORMAT: json.dumps(meta)})
         return path
 
@@ -291,9 +333,16 @@ class SemanticIDs:
             if header is None:
                 raise ValueError(f"{path} is not a semantic-IDs file (no {_FORMAT!r} metadata).")
             meta = json.loads(header)
-            codebooks = [f.get_tensor(f"codebook_{i}") for i in range(len(f.keys()) - 1)]
+            keys = set(f.keys())
+            codebooks = [f.get_tensor(f"codebook_{i}") for i in range(sum(k.startswith("codebook_") for k in keys))]
+            layers = sum(k.startswith("projection_") for k in keys) // 2
+            projection = [
+                (f.get_tensor(f"projection_{i}.weight"), f.get_tensor(f"projection_{i}.bias")) for i in range(layers)
+            ]
             codes = f.get_tensor("codes")
-        return cls(meta["item_ids"], codes, codebooks, meta["level_names"])
+        # version 1 files (no method/encoder) were residual k-means; their encoder is unknown
+        method, encoder = meta.get("method", "residual_kmeans"), meta.get("encoder")
+        return cls(meta["item_ids"], codes, codebooks, meta["level_names"], method, encoder, projection or None)
 
 
 def _check_item_ids(item_ids: Sequence[str], allow_empty: bool = False) -> list[str]:

@@ -77,6 +77,19 @@ class ItemTrie:
         self._node_item[node] = item
         self._sequences[item] = sequence
 
+    def extend(self, item_tokens: Mapping[Hashable, Sequence[int]]) -> None:
+        """Add items (a growing catalog); on a bad sequence nothing is added and the error says why."""
+        saved = ([dict(c) for c in self._children], list(self._node_item), dict(self._sequences))
+        try:
+            for item, tokens in item_tokens.items():
+                if item in self._sequences:
+                    raise ValueError(f"Item {item!r} is already in the trie: add only new items.")
+                self._insert(item, tokens)
+        except ValueError:
+            self._children, self._node_item, self._sequences = saved
+            raise
+        self._tables.clear()
+
     def _first_item_below(self, node: int) -> Hashable:
         while self._node_item[node] is None:
             node = next(iter(self._children[node].values()))
@@ -145,21 +158,29 @@ class ItemTrie:
     def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Dense tables for vectorized decoding, cached per device.
 
+        Nodes are renumbered inner nodes first (the root stays 0), and only inner nodes get a table row: leaves,
+        one per item, cost one entry of `node_item` (a 1M-item catalog needs tables for its ~35k prefixes only).
+
         Returns:
-            `child_tokens` (`(num_nodes, max_children)`, padded with 0), `child_nodes` (same shape, padded with
+            `child_tokens` (`(inner_nodes, max_children)`, padded with 0), `child_nodes` (same shape, padded with
             -1) and `node_item` (`(num_nodes,)`: index into [`ItemTrie.items`] at leaves, -1 elsewhere).
         """
         device = torch.device(device if device is not None else "cpu")
         if device not in self._tables:
-            width = max(len(c) for c in self._children)
-            child_tokens = torch.zeros(len(self._children), width, dtype=torch.long)
-            child_nodes = torch.full((len(self._children), width), -1, dtype=torch.long)
-            for node, children in enumerate(self._children):
-                if children:
-                    child_tokens[node, : len(children)] = torch.tensor(list(children.keys()))
-                    child_nodes[node, : len(children)] = torch.tensor(list(children.values()))
+            inner = [node for node, children in enumerate(self._children) if children]
+            leaves = [node for node, children in enumerate(self._children) if not children]
+            renumber = torch.empty(len(self._children), dtype=torch.long)
+            renumber[torch.tensor(inner + leaves)] = torch.arange(len(self._children))
+            width = max(len(self._children[node]) for node in inner)
+            child_tokens = torch.zeros(len(inner), width, dtype=torch.long)
+            child_nodes = torch.full((len(inner), width), -1, dtype=torch.long)
+            for row, node in enumerate(inner):
+                children = self._children[node]
+                child_tokens[row, : len(children)] = torch.tensor(list(children.keys()))
+                child_nodes[row, : len(children)] = renumber[torch.tensor(list(children.values()))]
             index = {item: i for i, item in enumerate(self._sequences)}
-            node_item = torch.tensor([index[it] if it is not None else -1 for it in self._node_item])
+            node_item = torch.full((len(self._children),), -1, dtype=torch.long)
+            node_item[renumber[torch.tensor(leaves)]] = torch.tensor([index[self._node_item[n]] for n in leaves])
             self._tables[device] = (child_tokens.to(device), child_nodes.to(device), node_item.to(device))
         return self._tables[device]
 

@@ -1,0 +1,223 @@
+"""Growing a trained catalog: extend_catalog on a tiny Llama with the real SmolLM2 tokenizer and MiniLM encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from gti_peft import GTIConfig, add_new_tokens
+from gti_peft.hub import save_for_hub
+from gti_peft.offline_assets import MINILM, smollm2_tokenizer
+from gti_peft.recipe.evaluation import item_trie
+from gti_peft.recsys import SemanticIDs, item_texts, load_items
+from gti_peft.recsys.catalog import extend_catalog
+from gti_peft.recsys.extend_cli import main as extend_main
+
+N_OLD = 20
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run_files, tmp_path_factory):
+    """A saved GTI adapter over the first 20 items of the tiny catalog (2 levels x 4 codes, MiniLM encoder)."""
+    root = tmp_path_factory.mktemp("catalog")
+    items = load_items(tiny_run_files / "items.csv")
+    ids, texts = item_texts(items)
+    sids = SemanticIDs.build(ids[:N_OLD], texts[:N_OLD], MINILM, levels=2, codes_per_level=4)
+    sids.save(root / "semantic_ids.safetensors")
+    tokenizer = smollm2_tokenizer()
+    new_ids = add_new_tokens(tokenizer, sids.vocabulary())
+    base = LlamaForCausalLM.from_pretrained(tiny_run_files / "model")
+    config = GTIConfig(new_token_ids=new_ids, r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # trained-looking rows: distinct per token
+        model.get_input_embeddings().gti_rows["default"].normal_(generator=torch.Generator().manual_seed(1))
+    folder = save_for_hub(model, tokenizer, root / "adapter", extra_files=[root / "semantic_ids.safetensors"])
+    return {"folder": folder, "items": items, "sids": sids, "base": tiny_run_files / "model"}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _new_items(trained) -> Dataset:
+    return trained["items"].select(range(N_OLD, len(trained["items"])))
+
+
+def test_extension_keeps_old_ids_and_loads_like_any_adapter(trained, tmp_path):
+    before = _digest(trained["folder"])
+    report = extend_catalog(trained["folder"], _new_items(trained), tmp_path / "grown")
+    assert _digest(trained["folder"]) == before  # the original is untouched
+    grown = SemanticIDs.load(tmp_path / "grown")
+    old = trained["sids"]
+    assert grown.item_ids[:N_OLD] == old.item_ids and report.catalog_size == len(trained["items"])
+    assert all(grown.tokens_for(i) == old.tokens_for(i) for i in old.item_ids)  # nothing re-clustered
+    assert len(set(grown.to_dict().values())) == len(grown)  # every ID unique
+    assert [torch.equal(a, b) for a, b in zip(grown.codebooks, old.codebooks)] == [True] * len(old.codebooks)
+    # a token is added exactly for each ID token the old vocabulary lacks
+    assert report.new_tokens == [t for t in grown.vocabulary() if t not in old.vocabulary()]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "grown")
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(trained["base"]), tmp_path / "grown")
+    ids = model.peft_config["default"].new_token_ids
+    assert ids == json.loads((trained["folder"] / "adapter_config.json").read_text())["new_token_ids"] + (
+        report.new_token_ids
+    )
+    old_rows = load_file(trained["folder"] / "adapter_model.safetensors")
+    rows = model.get_input_embeddings().gti_rows["default"].detach()
+    assert torch.equal(rows[: len(ids) - len(report.new_token_ids)], next(iter(old_rows.values())))
+    trie = item_trie(tokenizer, grown.to_dict())
+    assert len(trie) == len(trained["items"]) and set(trie.token_ids) <= set(ids)
+
+
+def test_a_collision_takes_the_next_free_disambiguation_code():
+    emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    sids = SemanticIDs.from_embeddings([f"i{k}" for k in range(12)], emb, levels=1, codes_per_level=2)
+    assert sids.has_disambiguation
+    largest = sids.level_sizes[-1]
+    group = sids.codes[:, 0].tolist().count(sids.codes[0, 0].item())
+    grown = sids.extend(["new"], emb[:1])  # same embedding as item i0: same codes
+    assert grown.full_codes[-1, :-1].tolist() == sids.codes[0].tolist()
+    assert grown.full_codes[-1, -1].item() == group  # the next free code of its group
+    assert grown.level_sizes[-1] == max(largest, group + 1)
+    assert len(set(grown.to_dict().values())) == len(grown)
+    assert all(grown.tokens_for(i) == sids.tokens_for(i) for i in sids.item_ids)
+
+
+def test_without_a_disambiguation_level_a_collision_takes_the_nearest_free_code():
+    sids = SemanticIDs.from_embeddings(["a", "b", "c"], torch.eye(3) * 4, levels=2, codes_per_level=3)
+    assert not sids.has_disambiguation
+    grown = sids.extend(["x"], torch.eye(3)[:1] * 4)
+    assert len(set(grown.to_dict().values())) == 4 and not grown.has_disambiguation
+    assert grown.vocabulary() == sids.vocabulary()  # no new token
+    full = SemanticIDs.from_embeddings(["a", "b"], torch.eye(2), levels=1, codes_per_level=2)
+    with pytest.raises(ValueError, match="Every last-level code under the prefix"):
+        full.extend(["x"], torch.eye(2)[:1])
+
+
+@pytest.mark.parametrize("method", ["residual_kmeans", "balanced", "rqvae"])
+def test_every_builder_is_seeded_saved_and_codes_new_items_like_old(method, tmp_path):
+    emb = torch.nn.functional.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ids = [f"i{k}" for k in range(40)]
+    sids = SemanticIDs.from_embeddings(ids, emb, levels=2, codes_per_level=4, seed=3, method=method, encoder="enc")
+    again = SemanticIDs.from_embeddings(ids, emb, levels=2, codes_per_level=4, seed=3, method=method, encoder="enc")
+    assert sids == again and sids.to_dict() == again.to_dict()
+    loaded = SemanticIDs.load(sids.save(tmp_path))
+    assert loaded == sids and loaded.method == method and loaded.encoder == "enc"
+    assert (loaded.projection is not None) == (method == "rqvae")
+    if method == "balanced":  # capacity-constrained: no code holds more than ceil(40 / 4) items
+        assert max(sids.codes[:, level].tolist().count(c) for level in (0, 1) for c in range(4)) <= 10
+    else:  # the saved codebooks (and projection) reproduce every item's codes: new items are coded the same way
+        assert torch.equal(loaded.assign(emb), sids.codes)
+
+
+def _bad_item_tables(trained, tmp_path):
+    new = _new_items(trained)
+    no_title = tmp_path / "no_title.csv"
+    no_title.write_text("item_id,description\nz1,A film.\n")
+    return {
+        "existing": (trained["items"].select(range(18, 22)), "already exist in the catalog"),
+        "repeated": (new.select([0, 1, 1]), "more than once"),
+        "columns": (str(no_title), r"no column\(s\) \['title'\]"),
+    }
+
+
+@pytest.mark.parametrize("case", ["existing", "repeated", "columns", "no_sids", "encoder", "same_folder", "replay"])
+def test_bad_input_is_refused_before_anything_is_written(trained, tmp_path, case):
+    folder, out = trained["folder"], tmp_path / "out"
+    kwargs, items = {}, _new_items(trained)
+    tables = _bad_item_tables(trained, tmp_path)
+    if case in tables:
+        items, match = tables[case]
+    elif case == "no_sids":
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (bare / name).write_bytes((folder / name).read_bytes())
+        folder, match = bare, "has no semantic_ids.safetensors"
+    elif case == "encoder":
+        kwargs, match = {"encoder": "sentence-transformers/all-mpnet-base-v2"}, "differs from 'offline:all-minilm"
+    elif case == "same_folder":
+        out, match = folder, "the original stays untouched"
+    else:
+        kwargs, match = {"ground_steps": 2}, "pass `replay=`"
+    before = _digest(folder)
+    with pytest.raises(ValueError, match=match):
+        extend_catalog(folder, items, out, **kwargs)
+    assert _digest(folder) == before
+    assert case == "same_folder" or not out.exists()
+
+
+def test_grounding_trains_rows_only_with_replay_and_saves_a_new_folder(trained, tmp_path):
+    report = extend_catalog(
+        trained["folder"],
+        _new_items(trained),
+        tmp_path / "grounded",
+        ground_steps=2,
+        replay=trained["items"].select(range(N_OLD)),
+        base_model=str(trained["base"]),
+        batch_size=4,
+        max_length=96,
+    )
+    assert report.grounding["steps"] == 2 and report.grounding["pairs"] == 2 * (len(trained["items"]) - N_OLD)
+    old, new = (load_file(f / "adapter_model.safetensors") for f in (trained["folder"], tmp_path / "grounded"))
+    lora = [k for k in old if "lora_" in k]
+    assert lora and all(torch.equal(old[k], new[k]) for k in lora)  # LoRA frozen
+    key = next(k for k in old if k.endswith("gti_rows"))
+    assert not torch.equal(old[key], new[key][: len(old[key])])  # rows moved
+    config = json.loads((tmp_path / "grounded" / "adapter_config.json").read_text())
+    assert config["grounding"]["steps"] == 2
+    assert SemanticIDs.load(tmp_path / "grounded").item_ids[N_OLD:] == report.new_items
+
+
+def test_cli_extends_from_files(trained, tiny_run_files, tmp_path):
+    new = tmp_path / "new.csv"
+    rows = _new_items(trained)
+    new.write_text(
+        "item_id,title,description\n"
+        + "".join(f'{i},"{t}","{d}"\n' for i, t, d in zip(rows["item"], rows["title"], rows["description"]))
+    )
+    extend_main(["--adapter", str(trained["folder"]), "--new-items", str(new), "--output", str(tmp_path / "cli")])
+    grown = SemanticIDs.load(tmp_path / "cli")
+    assert len(grown) == len(trained["items"]) and set(rows["item"]) <= set(grown.item_ids)
+
+
+def test_the_trie_grows_in_place_and_keeps_tables_for_prefixes_only():
+    from gti_peft.recsys import ItemTrie
+
+    trie = ItemTrie({"a": [5, 7], "b": [5, 8]})
+    trie.tensors()
+    trie.extend({"c": [6, 1]})
+    tokens, nodes, node_item = trie.tensors()
+    assert trie.allowed(()) == [5, 6] and trie.item_for([6, 1]) == "c"
+    assert tokens.shape[0] == 3 and node_item.shape[0] == 6  # root + 2 prefixes; 3 leaves only in node_item
+    leaves = nodes[nodes >= 0]
+    assert sorted(trie.items[i] for i in node_item[leaves[node_item[leaves] >= 0]].tolist()) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="share the token sequence"):
+        trie.extend({"d": [9, 9], "e": [5, 7]})
+    assert "d" not in trie and len(trie) == 3  # a refused batch adds nothing
+
+
+def test_a_new_disambiguation_token_gets_one_new_row_at_its_level_mean(trained, tmp_path):
+    old = trained["sids"]
+    last = old.level_sizes[-1] - 1  # an item holding the last disambiguation code: its twin needs one more
+    twin_of = next(i for i, row in zip(old.item_ids, old.full_codes.tolist()) if row[-1] == last)
+    row = trained["items"].filter(lambda r: r["item"] == twin_of)[0]
+    twin = Dataset.from_dict({"item": ["twin"], "title": [row["title"]], "description": [row["description"]]})
+    report = extend_catalog(trained["folder"], twin, tmp_path / "twin")
+    level = old.level_names[-1]
+    assert report.new_tokens == [f"<{level}_{last + 1}>"] and report.disambiguated_items == 1
+    grown = SemanticIDs.load(tmp_path / "twin")
+    assert grown.tokens_for("twin") == grown.tokens_for(twin_of)[: -len(f"<{level}_{last}>")] + report.new_tokens[0]
+    rows = load_file(tmp_path / "twin" / "adapter_model.safetensors")
+    key = next(k for k in rows if k.endswith("gti_rows"))
+    vocab = old.vocabulary()
+    same_level = [i for i, t in enumerate(vocab) if t.startswith(f"<{level}_")]
+    assert rows[key].shape[0] == len(vocab) + 1
+    torch.testing.assert_close(rows[key][-1], rows[key][same_level].mean(0))
