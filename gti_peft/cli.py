@@ -1,4 +1,4 @@
-"""``gti-peft``: the installed command line. Each subcommand is a module with ``add_arguments`` and ``run``.
+"""`gti-peft`: the installed command line. Each subcommand is a module with `add_arguments` and `run`.
 
 gti-peft train --config smollm2-135m/movielens            # a recipe shipped with the package
 gti-peft train --config my.yaml --set adapter.init=mean   # or any YAML, with overrides
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None):
 
 
 def console() -> int:
-    """The ``gti-peft`` executable: exit status 0 unless a subcommand returns another int."""
+    """The `gti-peft` executable: exit status 0 unless a subcommand returns another int."""
     result = main(sys.argv[1:])
     return result if isinstance(result, int) else 0
 

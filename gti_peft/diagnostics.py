@@ -1,6 +1,6 @@
 """Geometry of new-token embedding rows: spectrum, effective rank, cosine structure, RSA, plots.
 
-All functions take torch tensors or numpy arrays of shape ``(n_rows, dim)`` and compute in float64 on CPU,
+All functions take torch tensors or numpy arrays of shape `(n_rows, dim)` and compute in float64 on CPU,
 except the large old-vocabulary matmuls, which run in float32 chunks.
 """
 
@@ -19,7 +19,7 @@ _CHUNK_ELEMENTS = 2**24  # old-row blocks of at most 64 MB in float32, whatever 
 
 
 def _as_rows(rows: Rows, name: str = "rows", min_rows: int = 1, dtype=torch.float64) -> torch.Tensor:
-    """Validate a ``(n_rows, dim)`` matrix and return it as a CPU tensor of `dtype`."""
+    """Validate a `(n_rows, dim)` matrix and return it as a CPU tensor of `dtype`."""
     t = rows.detach() if isinstance(rows, torch.Tensor) else torch.as_tensor(np.asarray(rows))
     if t.ndim != 2:
         raise ValueError(
@@ -40,7 +40,7 @@ def _normalize(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(n: int, size: int, seed: int) -> torch.Tensor:
-    """`size` sorted indices out of `n` (all of them when ``n <= size``), reproducible by `seed`."""
+    """`size` sorted indices out of `n` (all of them when `n <= size`), reproducible by `seed`."""
     if n <= size:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
@@ -59,7 +59,7 @@ def _eps(rows: Rows) -> float:
 
 
 def _kept(s: torch.Tensor, shape: tuple[int, ...], eps: float) -> torch.Tensor:
-    """Singular values above the numerical-rank tolerance ``s_1 * max(n, d) * eps``."""
+    """Singular values above the numerical-rank tolerance `s_1 * max(n, d) * eps`."""
     return s[s > s[0] * max(shape) * eps] if s.numel() else s
 
 
@@ -72,9 +72,9 @@ def _entropy_rank(s: torch.Tensor, shape: tuple[int, ...], eps: float) -> float:
 
 
 def effective_rank(rows: Rows) -> float:
-    """Effective rank (Roy & Vetterli 2007): ``exp(-sum p_i log p_i)`` with ``p_i = s_i / sum_j s_j``.
+    """Effective rank (Roy & Vetterli 2007): `exp(-sum p_i log p_i)` with `p_i = s_i / sum_j s_j`.
 
-    Singular values below ``s_1 * max(n, d) * eps`` (eps of the input's precision, at most float32's) count
+    Singular values below `s_1 * max(n, d) * eps` (eps of the input's precision, at most float32's) count
     as zero, so float rounding does not add rank. An all-zero matrix has effective rank 0.
     """
     t = _as_rows(rows)
@@ -82,7 +82,7 @@ def effective_rank(rows: Rows) -> float:
 
 
 def cosine_matrix(rows: Rows) -> torch.Tensor:
-    """``(n, n)`` cosine similarities between rows; a zero row has cosine 0 to every row, itself included."""
+    """`(n, n)` cosine similarities between rows; a zero row has cosine 0 to every row, itself included."""
     u = _normalize(_as_rows(rows))
     return u @ u.T
 
@@ -107,8 +107,8 @@ def nearest_old_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices and cosines of the `k` old rows nearest to each new row, best first.
 
-    A single 1-D row gives 1-D results, a ``(n, d)`` matrix gives ``(n, k)``. `old_rows` (e.g. the full
-    ``V x d`` embedding matrix) is processed in float32 chunks, never as one dense ``V x n`` float64 matrix.
+    A single 1-D row gives 1-D results, a `(n, d)` matrix gives `(n, k)`. `old_rows` (e.g. the full
+    `V x d` embedding matrix) is processed in float32 chunks, never as one dense `V x n` float64 matrix.
     Ids in `exclude_ids` (e.g. the new tokens' own rows in the base matrix) are never returned.
     """
     new = new_row_or_rows if isinstance(new_row_or_rows, torch.Tensor) else np.asarray(new_row_or_rows)
@@ -158,7 +158,7 @@ def _token_str(tokenizer: Any, token_id: int) -> str:
 def nearest_tokens_table(
     tokenizer: Any, new_ids: list[int], new_rows: Rows, old_rows: Rows, k: int = 5, exclude_ids: Any = None
 ) -> list[tuple[str, list[tuple[str, float]]]]:
-    """For each new token: its text and its `k` nearest old tokens as ``(text, cosine)``.
+    """For each new token: its text and its `k` nearest old tokens as `(text, cosine)`.
 
     `old_rows` is indexed by token id; `exclude_ids` defaults to `new_ids` (their stale base rows).
     """
@@ -307,7 +307,7 @@ def _pyplot():
 
 
 def plot_spectrum(stage_to_rows: dict[str, Rows], path: str | Path) -> Path:
-    """Normalized singular values ``s_i / s_1`` (log y), one line per stage, effective ranks in the legend."""
+    """Normalized singular values `s_i / s_1` (log y), one line per stage, effective ranks in the legend."""
     if not stage_to_rows:
         raise ValueError("`stage_to_rows` is empty; pass e.g. {'init': rows0, 'grounded': rows1}.")
     plt = _pyplot()

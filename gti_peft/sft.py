@@ -1,13 +1,13 @@
-"""Fine-tuning a GTI model with TRL's `SFTTrainer` (``pip install gti-peft[trl]``).
+"""Fine-tuning a GTI model with TRL's `SFTTrainer` (`pip install gti-peft[trl]`).
 
 What a stock `SFTTrainer` does with a GTI model, and what `GTISFTTrainer` does instead:
 
 - it refuses the model: the LM head is a PEFT tuner layer (`NewTokenLMHead`), and TRL's fused LM head computes
-  log-probabilities from ``lm_head.weight`` directly, which would score the new ids with their frozen base rows
+  log-probabilities from `lm_head.weight` directly, which would score the new ids with their frozen base rows
   and never train the new rows through the head. `GTISFTTrainer` lets the check pass, removes the fused head and
   computes the loss through the model's own head, with logits only where labels are set (`AnswerOnlyTrainer`);
-- `peft_config` would wrap the model again; ``chat_template_path`` may add tokens, resize the embeddings and put
-  them into `trainable_token_indices` plus ``modules_to_save=["lm_head"]`` (a full trainable copy of the head):
+- `peft_config` would wrap the model again; `chat_template_path` may add tokens, resize the embeddings and put
+  them into `trainable_token_indices` plus `modules_to_save=["lm_head"]` (a full trainable copy of the head):
   both are refused, since the GTI model already trains LoRA and exactly its new rows;
 - on a quantized base TRL casts every trainable parameter to bf16: the new rows are put back in their own dtype
   (fp32 for a bf16 base), as `GTIConfig` made them.
@@ -43,7 +43,7 @@ class GTISFTTrainer(AnswerOnlyTrainer, SFTTrainer):
     """`trl.SFTTrainer` for a GTI `PeftModel`: LoRA and the new rows train, the loss goes through the GTI head.
 
     Takes SFTTrainer's arguments (datasets, `SFTConfig`, formatting, completion-only loss), except `peft_config`
-    and ``chat_template_path``; packing and padding-free batches are refused (the loss reads padded batches).
+    and `chat_template_path`; packing and padding-free batches are refused (the loss reads padded batches).
     """
 
     def __init__(self, model, args=None, *, peft_config=None, **kwargs):

@@ -37,3 +37,17 @@ def add_new_tokens(tokenizer, tokens: list[str], model=None, pad_to_multiple_of:
         if len(tokenizer) > size:
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
     return ids
+
+
+def check_tokenizer_fits(model, tokenizer) -> None:
+    """Refuse a tokenizer with more tokens than `model` has embedding rows (another model's tokenizer)."""
+    from .layer import NewTokenLayer
+
+    embedding = model.get_input_embeddings()
+    rows = (embedding.base_weight if isinstance(embedding, NewTokenLayer) else embedding.weight).shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"`tokenizer` has {len(tokenizer)} tokens but the model has {rows} embedding rows: it is another model's "
+            "tokenizer (its extra tokens have no rows, and whoever loads the folder could not use it). Pass the "
+            "tokenizer this adapter was trained with."
+        )

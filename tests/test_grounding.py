@@ -172,3 +172,17 @@ def test_ground_refuses_a_model_without_gti(tokenizer_and_pairs):
             tokenizer,
             pairs,
         )
+
+
+def test_grounding_refuses_another_models_tokenizer_before_training():
+    from conftest import NEW_IDS, snapshot, tiny_llama
+    from peft import get_peft_model
+
+    from gti_peft import GTIConfig, ground
+    from gti_peft.offline_assets import smollm2_tokenizer
+
+    model = get_peft_model(tiny_llama(), GTIConfig(new_token_ids=NEW_IDS, r=2, target_modules=["q_proj"]))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"`tokenizer` has 49152 tokens but the model has 126 embedding rows"):
+        ground(model, smollm2_tokenizer(), [{"tokens": "<a_0>", "title": "Heat"}], max_steps=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -75,6 +75,21 @@ class AdapterArgs:
         default=8, metadata={"help": "init=description: titles of this many items describe a code token."}
     )
 
+    def gti_config(self, new_token_ids: list[int], description_token_ids: list[list[int]] | None = None):
+        """The `GTIConfig` these settings describe, for `new_token_ids`."""
+        from ..config import GTIConfig
+
+        return GTIConfig(
+            new_token_ids=new_token_ids,
+            init=self.init,
+            description_token_ids=description_token_ids,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
 
 # Keys a stage section may not set: the recipe owns them (checkpoint folders, one seed for the whole run).
 RECIPE_OWNED = {"output_dir": "output.output_dir", "seed": "output.seed", "resume_from_checkpoint": "rerunning"}
@@ -339,8 +354,13 @@ def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} does not exist.")
-    values = yaml.safe_load(path.read_text()) or {}
-    for override in overrides or []:
+    values = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+    return _build(RecipeConfig, values, path.name)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """`section.key=value` strings (values parsed as YAML) written into the parsed YAML `values`."""
+    for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or key.count(".") != 1:
             raise ValueError(f"Override {override!r} must look like section.key=value, e.g. adapter.init=mean.")
@@ -349,7 +369,7 @@ def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> 
         if not isinstance(values[section], dict):
             raise ValueError(f"Override {override!r}: {section!r} is not a section.")
         values[section][name] = yaml.safe_load(raw)
-    return _build(RecipeConfig, values, path.name)
+    return values
 
 
 def recipe_to_dict(config) -> dict:

@@ -9,7 +9,6 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import offline_assets
-from ..config import GTIConfig
 from ..quantization import guard_cpu_4bit_training, load_4bit_causal_lm
 from ..recsys import SemanticIDs
 from ..tokens import add_new_tokens
@@ -42,17 +41,7 @@ def _fresh_adapter(config: RecipeConfig, base, tokenizer, sids: SemanticIDs, dat
     descriptions = None
     if args.init == "description":
         descriptions = code_descriptions(tokenizer, sids, data, args.description_items_per_token)
-    gti = GTIConfig(
-        new_token_ids=ids,
-        init=args.init,
-        description_token_ids=descriptions,
-        r=args.r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, gti)
+    return get_peft_model(base, args.gti_config(ids, descriptions))
 
 
 def build_model(config: RecipeConfig, sids: SemanticIDs, data: RecData, resume_from: Path | None):

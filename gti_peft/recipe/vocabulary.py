@@ -21,7 +21,6 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 from .. import diagnostics, offline_assets
-from ..config import GTIConfig
 from ..grounding import ground
 from ..hub import save_for_hub
 from ..init import description_token_ids
@@ -138,18 +137,7 @@ def build_arm_model(config: VocabularyConfig, tokenizer, new_ids: list[int], pai
     descriptions = None
     if config.adapter.init == "description":
         descriptions = description_token_ids(tokenizer, [p["text"] for p in pairs])
-    args = config.adapter
-    gti = GTIConfig(
-        new_token_ids=new_ids,
-        init=args.init,
-        description_token_ids=descriptions,
-        r=args.r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, gti)
+    return get_peft_model(base, config.adapter.gti_config(new_ids, descriptions))
 
 
 def run_arm(config, tokenizer, data: VocabularyData, new_ids, grounding_steps: int, folder: Path, state) -> dict:

@@ -1,9 +1,9 @@
 """Classical recommenders on the project's leave-one-out split, through the Cornac library (optional extra).
 
-SASRec (sequential, self-attention) and BPR (matrix factorisation) are trained on ``split.train`` only (the
+SASRec (sequential, self-attention) and BPR (matrix factorisation) are trained on `split.train` only (the
 items before each user's valid and test targets) and rank the whole catalog for each example. As in the LLM
-arms' constrained beam search, nothing is excluded from ``rankings`` (items of the user's history may be
-recommended again); ``rankings_unseen`` follows the usual RecBole/Cornac convention instead (history excluded).
+arms' constrained beam search, nothing is excluded from `rankings` (items of the user's history may be
+recommended again); `rankings_unseen` follows the usual RecBole/Cornac convention instead (history excluded).
 
 RecBole 1.2.1 is not used: it cannot run on NumPy 2 (see the README, "Classical baselines").
 """
@@ -26,7 +26,7 @@ BASELINE_INSTALL = 'pip install "gti-peft[baselines]"  (or: pip install "cornac>
 
 
 def require_baseline_library():
-    """The baseline library (Cornac) or an ``ImportError`` naming the package and its install line.
+    """The baseline library (Cornac) or an `ImportError` naming the package and its install line.
 
     Call it before anything trains: a missing or too old library must fail before hours of work, not after.
     """
@@ -50,7 +50,7 @@ def require_baseline_library():
 
 @dataclass
 class SASRecConfig:
-    """Cornac's SASRec; the epoch with the best validation score is kept (Cornac's ``model_selection="best"``)."""
+    """Cornac's SASRec; the epoch with the best validation score is kept (Cornac's `model_selection="best"`)."""
 
     embedding_dim: int = field(default=64, metadata={"help": "Item embedding / hidden size."})
     max_len: int = field(default=20, metadata={"help": "Most recent items the encoder reads."})
@@ -104,8 +104,8 @@ def _check_positive(config, names: Sequence[str]) -> None:
 
 @dataclass
 class BaselineRun:
-    """Rankings of one baseline, ``{user: [item, ...]}`` best first: ``rankings`` over the whole catalog,
-    ``rankings_unseen`` without the items of the user's history; training seconds and the settings."""
+    """Rankings of one baseline, `{user: [item, ...]}` best first: `rankings` over the whole catalog,
+    `rankings_unseen` without the items of the user's history; training seconds and the settings."""
 
     rankings: dict[str, list[str]]
     rankings_unseen: dict[str, list[str]]
@@ -160,9 +160,9 @@ def sasrec_rankings(
     valid: Sequence[SequenceExample] | None = None,
     top_k: int = 20,
 ) -> BaselineRun:
-    """Train Cornac's SASRec on the ``train`` sequences and rank ``catalog`` after each example's history.
+    """Train Cornac's SASRec on the `train` sequences and rank `catalog` after each example's history.
 
-    With ``valid`` (examples whose history is the user's train sequence), the epoch with the best validation
+    With `valid` (examples whose history is the user's train sequence), the epoch with the best validation
     score is kept. Each user's train sequence is one Cornac session, so Cornac never re-splits the data.
     """
     require_baseline_library()
@@ -216,11 +216,11 @@ def bpr_rankings(
     config: BPRConfig | None = None,
     top_k: int = 20,
 ) -> BaselineRun:
-    """Train Cornac's BPR on the (user, item) pairs of ``train`` and rank ``catalog`` for each example's user.
+    """Train Cornac's BPR on the (user, item) pairs of `train` and rank `catalog` for each example's user.
 
     BPR has no notion of order: a user's scores come from the factors learned on their train items, so items
-    an example's history adds after ``train`` (the valid target, for test examples) only matter for
-    ``rankings_unseen``.
+    an example's history adds after `train` (the valid target, for test examples) only matter for
+    `rankings_unseen`.
     """
     require_baseline_library()
     from cornac.data import Dataset

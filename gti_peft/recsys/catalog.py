@@ -1,8 +1,8 @@
 """Growing a trained catalog: new items get semantic IDs from the saved codebooks and join a NEW adapter folder.
 
 Nothing is re-clustered and no old item's ID changes. Most new items reuse the code tokens the adapter already
-has; a row is added only for a disambiguation token past the last one (``<d_k>``). Without grounding the
-extension works on the files alone (no base model is loaded); with ``ground_steps`` the rows (LoRA frozen) are
+has; a row is added only for a disambiguation token past the last one (`<d_k>`). Without grounding the
+extension works on the files alone (no base model is loaded); with `ground_steps` the rows (LoRA frozen) are
 trained briefly on the new items' pairs mixed with a replay of old items' pairs.
 """
 
@@ -168,8 +168,8 @@ def _same_level(tokens: list[str], token: str) -> list[int]:
 
 
 def _level_rows(rows: torch.Tensor, tokens: list[str], new_tokens: list[str], new_row_init: str) -> torch.Tensor:
-    """Starting rows of new tokens: the mean of the trained rows of the same level (``level_mean``) or of all
-    trained rows (``mean``)."""
+    """Starting rows of new tokens: the mean of the trained rows of the same level (`level_mean`) or of all
+    trained rows (`mean`)."""
     out = []
     for token in new_tokens:
         same = _same_level(tokens, token)
@@ -272,23 +272,23 @@ def extend_catalog(
     description_columns: str | list[str] = ("description",),
     overwrite: bool = False,
 ) -> CatalogExtension:
-    """Add ``new_items`` to the catalog of the trained adapter in ``adapter_folder``; save a new adapter folder.
+    """Add `new_items` to the catalog of the trained adapter in `adapter_folder`; save a new adapter folder.
 
     Args:
-        adapter_folder: A GTI adapter folder holding its ``semantic_ids.safetensors`` (codebooks + encoder name).
-        new_items: The new items' table: a ``Dataset`` with ``item, title, description`` (the loader's format) or
-            a CSV/JSON/Parquet file with ``item_column``, ``title_column`` and ``description_columns``.
-        out_folder: Where the extended adapter goes (written atomically; ``adapter_folder`` is never touched).
+        adapter_folder: A GTI adapter folder holding its `semantic_ids.safetensors` (codebooks + encoder name).
+        new_items: The new items' table: a `Dataset` with `item, title, description` (the loader's format) or
+            a CSV/JSON/Parquet file with `item_column`, `title_column` and `description_columns`.
+        out_folder: Where the extended adapter goes (written atomically; `adapter_folder` is never touched).
         ground_steps: Steps of a grounding pass on the rows only (LoRA frozen); 0 skips it (no model is loaded).
-        replay: The old items' table; ``replay_ratio`` old pairs per new pair join the grounding data so the old
+        replay: The old items' table; `replay_ratio` old pairs per new pair join the grounding data so the old
             items are not forgotten.
         encoder: The sentence encoder; it must be the one recorded with the codebooks (default: that one).
-        base_model: The base to ground on (default: the adapter config's ``base_model_name_or_path``).
-        new_row_init: Rows of new tokens start at the mean of their level's rows (``level_mean``) or of all
-            trained rows (``mean``).
-        templates: Names of the grounding templates (default: all of ``DEFAULT_TEMPLATES``).
+        base_model: The base to ground on (default: the adapter config's `base_model_name_or_path`).
+        new_row_init: Rows of new tokens start at the mean of their level's rows (`level_mean`) or of all
+            trained rows (`mean`).
+        templates: Names of the grounding templates (default: all of `DEFAULT_TEMPLATES`).
         learning_rate, batch_size, max_length, seed: Grounding settings.
-        overwrite: Replace an existing ``out_folder``.
+        overwrite: Replace an existing `out_folder`.
 
     Every bad input (existing or repeated items, missing columns, no semantic IDs, another encoder) is refused
     before anything is written.

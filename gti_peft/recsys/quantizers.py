@@ -1,8 +1,8 @@
 """Residual quantizers behind semantic IDs: residual k-means, balanced residual k-means, and RQ-VAE.
 
-Each builder returns ``(codes [n, levels], codebooks, projection)``. ``projection`` is the RQ-VAE encoder
-(``[(weight, bias), ...]`` with ReLU between layers) that maps an embedding into the codebooks' space, or
-``None`` when the codebooks live in the embedding space. New items are coded with :func:`assign_codes` from the
+Each builder returns `(codes [n, levels], codebooks, projection)`. `projection` is the RQ-VAE encoder
+(`[(weight, bias), ...]` with ReLU between layers) that maps an embedding into the codebooks' space, or
+`None` when the codebooks live in the embedding space. New items are coded with :func:`assign_codes` from the
 saved codebooks alone: nothing is re-clustered.
 """
 
@@ -68,9 +68,9 @@ def residual_kmeans(
 ) -> tuple[torch.LongTensor, list[torch.Tensor]]:
     """Residual quantization with scikit-learn k-means, level by level.
 
-    Level 0 clusters the embeddings; level ``l`` clusters what remains after subtracting the centroids
-    chosen at levels ``< l``. Returns ``codes`` ``[n, levels]`` and one ``[codes_per_level, d]`` codebook
-    per level. Deterministic for a given ``seed``.
+    Level 0 clusters the embeddings; level `l` clusters what remains after subtracting the centroids
+    chosen at levels `< l`. Returns `codes` `[n, levels]` and one `[codes_per_level, d]` codebook
+    per level. Deterministic for a given `seed`.
     """
     from sklearn.cluster import KMeans
 
@@ -88,8 +88,8 @@ def balanced_residual_kmeans(
     seed: int = 0,
     n_init: int = 3,
 ) -> tuple[torch.LongTensor, list[torch.Tensor]]:
-    """Residual k-means whose clusters hold at most ``ceil(n / codes_per_level)`` items at every level
-    (``k-means-constrained``, a min-cost-flow assignment), so no code is crowded and none left empty."""
+    """Residual k-means whose clusters hold at most `ceil(n / codes_per_level)` items at every level
+    (`k-means-constrained`, a min-cost-flow assignment), so no code is crowded and none left empty."""
     try:
         from k_means_constrained import KMeansConstrained
     except ImportError as error:
@@ -124,7 +124,7 @@ def assign_codes(
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """Nearest codebook row at each level of the residual: the codes of items the codebooks never saw.
 
-    Returns ``codes [n, levels]`` and the distances ``[n, codes]`` at the LAST level (to pick the next-nearest
+    Returns `codes [n, levels]` and the distances `[n, codes]` at the LAST level (to pick the next-nearest
     code when an ID is taken).
     """
     residual = project(embeddings, projection).double()
@@ -147,9 +147,9 @@ def rqvae(
     steps: int = 500,
     learning_rate: float = 1e-3,
 ) -> tuple[torch.LongTensor, list[torch.Tensor], Projection]:
-    """RQ-VAE (as in TIGER): an MLP encoder, vector-quantize-pytorch's ``ResidualVQ`` (k-means initialised
+    """RQ-VAE (as in TIGER): an MLP encoder, vector-quantize-pytorch's `ResidualVQ` (k-means initialised
     codebooks, EMA updates, dead codes re-seeded) and an MLP decoder, trained full-batch on reconstruction plus
-    commitment loss. Deterministic for a given ``seed`` on CPU."""
+    commitment loss. Deterministic for a given `seed` on CPU."""
     try:
         from vector_quantize_pytorch import ResidualVQ
     except ImportError as error:

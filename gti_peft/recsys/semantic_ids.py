@@ -1,8 +1,8 @@
 """Semantic IDs: item text -> sentence embedding -> residual quantizer codes -> new LM tokens.
 
-Each item gets one code per level (``<a_12><b_7><c_3>``); each (level, code) pair is one new token. If some items
-share all codes, EVERY ID gets one more level (``<d_0>``, ``<d_1>``, ... numbering the items that share a prefix,
-in item order), so IDs are unique and all have the same length. Saved as one ``.safetensors`` file that also
+Each item gets one code per level (`<a_12><b_7><c_3>`); each (level, code) pair is one new token. If some items
+share all codes, EVERY ID gets one more level (`<d_0>`, `<d_1>`, ... numbering the items that share a prefix,
+in item order), so IDs are unique and all have the same length. Saved as one `.safetensors` file that also
 keeps the codebooks, the quantizer and the encoder's name, so a catalog can grow (:meth:`SemanticIDs.extend`)."""
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def embed_texts(
     max_length: int = 256,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Sentence embeddings ``[len(texts), hidden]``: mean of the last hidden state over the attention mask,
-    L2-normalised. ``encoder`` is any Hub id or local folder of an ``AutoModel`` (``offline:*`` names too)."""
+    """Sentence embeddings `[len(texts), hidden]`: mean of the last hidden state over the attention mask,
+    L2-normalised. `encoder` is any Hub id or local folder of an `AutoModel` (`offline:*` names too)."""
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if not texts or bad:
@@ -81,13 +81,13 @@ class SemanticIDs:
 
     Args:
         item_ids: one unique id per item.
-        codes: ``LongTensor[n_items, levels]`` quantizer codes.
-        codebooks: one ``[codes_per_level, dim]`` tensor per level.
-        level_names: token prefix per level (default ``a, b, c, ...``); may name the disambiguation level
+        codes: `LongTensor[n_items, levels]` quantizer codes.
+        codebooks: one `[codes_per_level, dim]` tensor per level.
+        level_names: token prefix per level (default `a, b, c, ...`); may name the disambiguation level
             too, otherwise it gets the next free letter.
-        method: the builder of the codes, one of ``METHODS``.
+        method: the builder of the codes, one of `METHODS`.
         encoder: the sentence encoder that embedded the item texts (needed to code new items).
-        projection: RQ-VAE's encoder layers ``[(weight, bias), ...]`` into the codebooks' space, else ``None``.
+        projection: RQ-VAE's encoder layers `[(weight, bias), ...]` into the codebooks' space, else `None`.
     """
 
     item_ids: list[str]
@@ -164,9 +164,9 @@ class SemanticIDs:
         method: str = "residual_kmeans",
         encoder: str | None = None,
     ) -> SemanticIDs:
-        """Quantize precomputed item embeddings ``[n_items, dim]`` with ``method``: ``"residual_kmeans"``
-        (:func:`residual_kmeans`), ``"balanced"`` (:func:`balanced_residual_kmeans`) or ``"rqvae"``
-        (:func:`rqvae`). ``encoder`` names what made the embeddings (kept for :meth:`extend`)."""
+        """Quantize precomputed item embeddings `[n_items, dim]` with `method`: `"residual_kmeans"`
+        (:func:`residual_kmeans`), `"balanced"` (:func:`balanced_residual_kmeans`) or `"rqvae"`
+        (:func:`rqvae`). `encoder` names what made the embeddings (kept for :meth:`extend`)."""
         item_ids = _check_item_ids(item_ids)
         if len(item_ids) != len(embeddings):
             raise ValueError(f"{len(item_ids)} `item_ids` but {len(embeddings)} `embeddings`: they must match.")
@@ -193,7 +193,7 @@ class SemanticIDs:
         device: str | None = None,
         method: str = "residual_kmeans",
     ) -> SemanticIDs:
-        """Embed each item's text with ``encoder``, then quantize (see :meth:`from_embeddings`)."""
+        """Embed each item's text with `encoder`, then quantize (see :meth:`from_embeddings`)."""
         item_ids = _check_item_ids(item_ids)
         if len(texts) != len(item_ids):
             raise ValueError(f"{len(item_ids)} `item_ids` but {len(texts)} `texts`: pass one text per item.")
@@ -217,31 +217,31 @@ class SemanticIDs:
 
     @property
     def n_collisions(self) -> int:
-        """Items whose quantizer codes repeat an earlier item's (their ``<d_k>`` has ``k > 0``)."""
+        """Items whose quantizer codes repeat an earlier item's (their `<d_k>` has `k > 0`)."""
         return int((self.full_codes[:, -1] > 0).sum()) if self.has_disambiguation else 0
 
     def token(self, level: int, code: int) -> str:
         return f"<{self.level_names[level]}_{code}>"
 
     def tokens_for(self, item_id: str) -> str:
-        """The item's ID as one string of new tokens, e.g. ``"<a_12><b_7><c_3>"``."""
+        """The item's ID as one string of new tokens, e.g. `"<a_12><b_7><c_3>"`."""
         if item_id not in self._index:
             raise KeyError(f"Unknown item {item_id!r}: it has no semantic ID.")
         return self._sids[self._index[item_id]]
 
     def item_for(self, sid: str) -> str | None:
-        """The item whose ID is ``sid`` (a string of tokens), or ``None`` when no item has it."""
+        """The item whose ID is `sid` (a string of tokens), or `None` when no item has it."""
         return self._by_sid.get(sid)
 
     def token_lists(self) -> dict[str, list[str]]:
-        """``{item_id: [token, ...]}`` for every item, in item order: the ID as its new tokens, one per level."""
+        """`{item_id: [token, ...]}` for every item, in item order: the ID as its new tokens, one per level."""
         return {
             item: [self.token(level, code) for level, code in enumerate(row)]
             for item, row in zip(self.item_ids, self.full_codes.tolist())
         }
 
     def to_dict(self) -> dict[str, str]:
-        """``{item_id: sid_string}`` for every item, in item order."""
+        """`{item_id: sid_string}` for every item, in item order."""
         return dict(zip(self.item_ids, self._sids))
 
     def vocabulary(self, include_disambiguation: bool = True) -> list[str]:
@@ -250,21 +250,21 @@ class SemanticIDs:
         return [self.token(level, code) for level, size in enumerate(sizes) for code in range(size)]
 
     def codebook_for_tokens(self) -> torch.Tensor:
-        """``[L*K, dim]``: the codebook vector of each token of ``vocabulary(include_disambiguation=False)``
+        """`[L*K, dim]`: the codebook vector of each token of `vocabulary(include_disambiguation=False)`
         (the disambiguation tokens have none and are left out), for RSA diagnostics."""
         return torch.cat(self.codebooks, dim=0)
 
     def assign(self, embeddings: torch.Tensor) -> torch.LongTensor:
-        """Quantizer codes ``[n, levels]`` of new embeddings from the saved codebooks (nothing is re-clustered)."""
+        """Quantizer codes `[n, levels]` of new embeddings from the saved codebooks (nothing is re-clustered)."""
         return assign_codes(embeddings, self.codebooks, self.projection)[0]
 
     def extend(self, item_ids: Sequence[str], embeddings: torch.Tensor) -> SemanticIDs:
         """These IDs plus new items coded from the saved codebooks; every old item keeps its ID.
 
-        ``embeddings`` must come from the same encoder. With a disambiguation level, a new item whose codes are
-        taken gets the next free ``<d_k>`` (a new token only when ``k`` is past the last one). Without one, it
+        `embeddings` must come from the same encoder. With a disambiguation level, a new item whose codes are
+        taken gets the next free `<d_k>` (a new token only when `k` is past the last one). Without one, it
         takes the nearest last-level code that is still free under its prefix (no new token); when every one is
-        taken a ``ValueError`` says so. Balanced IDs code new items by the nearest centroid (no capacity limit).
+        taken a `ValueError` says so. Balanced IDs code new items by the nearest centroid (no capacity limit).
         """
         item_ids = _check_item_ids(item_ids)
         known = [i for i in item_ids if i in self._index]
@@ -307,8 +307,8 @@ class SemanticIDs:
         return codes
 
     def save(self, path: str | Path) -> Path:
-        """Write ONE ``.safetensors`` file: codes and codebooks as tensors, item ids and level names as JSON in
-        its metadata. A path not ending in ``.safetensors`` is a folder that gets ``semantic_ids.safetensors``."""
+        """Write ONE `.safetensors` file: codes and codebooks as tensors, item ids and level names as JSON in
+        its metadata. A path not ending in `.safetensors` is a folder that gets `semantic_ids.safetensors`."""
         from safetensors.torch import save_file
 
         path = Path(path) if str(path).endswith(".safetensors") else Path(path) / SAVE_NAME
@@ -324,7 +324,7 @@ class SemanticIDs:
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticIDs:
-        """Read what :meth:`save` wrote (a ``.safetensors`` file or the folder holding it)."""
+        """Read what :meth:`save` wrote (a `.safetensors` file or the folder holding it)."""
         from safetensors import safe_open
 
         path = Path(path) / SAVE_NAME if Path(path).is_dir() else Path(path)
