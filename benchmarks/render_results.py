@@ -129,14 +129,15 @@ def recipe_speed() -> list[str]:
 
 
 def demo() -> list[str]:
-    data = _load("demo-smollm2-movielens")
+    data = _load("demo-smollm2-movielens-avx2") or _load("demo-smollm2-movielens")
     if data is None:
         return []
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
     return [
         "### `make demo` (SmolLM2-135M + MovieLens-100k on 2 CPU cores)",
-        f"Wall time {data['wall_seconds'] / 60:.1f} min ({timings}); {data['date']}. Grounding: "
-        f"{data['grounding']['steps']} steps over {', '.join(data['grounding']['template_loss_before'])}.",
+        f"Wall time {data['wall_seconds'] / 60:.1f} min ({timings}) on {data['machine']}; {data['date']}. "
+        f"Grounding: {data['grounding']['steps']} steps over {', '.join(data['grounding']['template_loss_before'])}; "
+        f"fine-tuning: {data['finetune']['steps']} steps, grounding_mix {data['finetune'].get('grounding_mix', 0)}.",
         "",
         data["table"].strip(),
         "",
