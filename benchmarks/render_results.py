@@ -30,6 +30,15 @@ def quality() -> list[str]:
         f"{data['machine']}, {v}, {data['date']}. Recipe overrides: `{' '.join(data['settings']['overrides'])}`. "
         "hit@10 is title -> ID with constrained decoding over all 1,682 items "
         f"({data['settings']['probe_items']} items, chance 0.006). Plots: `benchmarks/results/quality-cpu.png`.",
+        *(
+            []
+            if "seeded_arms" in data["settings"]
+            else [
+                "",
+                "Measured on the recipe as it was then (chat prompts with the default system prompt, lora_dropout "
+                "0.05, no grounding_mix, 300 users); `benchmarks/quality.py --profile cpu` reruns it on today's.",
+            ]
+        ),
         "",
         format_quality(data),
         "",
