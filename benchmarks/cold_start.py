@@ -28,6 +28,7 @@ from environment import run_environment
 from gti_peft.offline_assets import MINILM, resolve
 from gti_peft.recipe import RecipeConfig, run_recipe
 from gti_peft.recipe.config import DataArgs, EvalArgs, OutputArgs, SemanticIDArgs, TrainStageArgs
+from gti_peft.recipe.data import prompt_ids
 from gti_peft.recipe.evaluation import evaluate_next_item, title_to_id_hits
 from gti_peft.recsys import (
     SemanticIDs,
@@ -91,10 +92,20 @@ def train(args, work: Path, interactions, items, new: set[str]) -> Path:
         ),
         semantic_ids=SemanticIDArgs(method=args.method, seed=args.seed),
         grounding=TrainStageArgs(
-            max_steps=args.ground_steps, learning_rate=0.01, batch_size=args.batch_size, warmup_steps=5
+            training_args={
+                "max_steps": args.ground_steps,
+                "learning_rate": 0.01,
+                "per_device_train_batch_size": args.batch_size,
+                "warmup_steps": 5,
+            }
         ),
         finetune=TrainStageArgs(
-            max_steps=args.finetune_steps, learning_rate=1e-3, batch_size=args.batch_size, warmup_steps=10
+            training_args={
+                "max_steps": args.finetune_steps,
+                "learning_rate": 1e-3,
+                "per_device_train_batch_size": args.batch_size,
+                "warmup_steps": 10,
+            }
         ),
         output=OutputArgs(output_dir=str(work / "recipe"), stages=["ground", "finetune"], seed=args.seed),
     )
@@ -120,7 +131,7 @@ def title_hits(model, tokenizer, sids: SemanticIDs, items, chosen: set[str]) -> 
     """Title -> ID hit@1/@10 of the `chosen` items, decoding over the whole catalog of `sids`."""
     table = items.filter(lambda r: r["item"] in chosen)
     pairs = grounding_pairs(table, sids)
-    return title_to_id_hits(model, tokenizer, pairs, sids.to_dict(), table["item"], num_beams=10)
+    return title_to_id_hits(model, tokenizer, pairs, sids.token_lists(), table["item"], num_beams=10)
 
 
 def measure(folder: Path, args, items, new_ids, old_sample, examples, train_histories, check_old=True) -> dict:
@@ -131,7 +142,12 @@ def measure(folder: Path, args, items, new_ids, old_sample, examples, train_hist
     else:
         result = {"new_items": title_hits(model, tokenizer, sids, items, set(new_ids))}
         evaluation = EvalArgs(num_beams=20, top_k=20, max_users=None, batch_size=8)
-        metrics = evaluate_next_item(model, tokenizer, examples, sid, train_histories, evaluation, len(items))
+        config = RecipeConfig(data=DataArgs(max_history=args.max_history))  # the prompts `train` fine-tuned on
+        tokens = sids.token_lists()
+        prompts = [prompt_ids(config, tokenizer, tokens, ex["history"]) for ex in examples]
+        metrics = evaluate_next_item(
+            model, tokenizer, prompts, examples, tokens, train_histories, evaluation, len(items)
+        )
         result["new_target_users"] = metrics["model"]
     if check_old:  # only grounding moves old items' rows
         result["old_items"] = title_hits(model, tokenizer, sids, items, set(old_sample))

@@ -72,7 +72,7 @@ def test_extension_keeps_old_ids_and_loads_like_any_adapter(trained, tmp_path):
     old_rows = load_file(trained["folder"] / "adapter_model.safetensors")
     rows = model.get_input_embeddings().gti_rows["default"].detach()
     assert torch.equal(rows[: len(ids) - len(report.new_token_ids)], next(iter(old_rows.values())))
-    trie = item_trie(tokenizer, grown.to_dict())
+    trie = item_trie(tokenizer, grown.token_lists())
     assert len(trie) == len(trained["items"]) and set(trie.token_ids) <= set(ids)
 
 
