@@ -106,6 +106,28 @@ def constrained_decoding() -> list[str]:
     ]
 
 
+def vocabulary() -> list[str]:
+    data = _load("vocabulary-smollm2-wordnet")
+    if data is None:
+        return []
+    boot = data["pooled_paired_bootstrap_new_token_loss"]
+    walls = ", ".join(f"seed {seed} {run['wall_seconds'] / 60:.1f} min" for seed, run in data["per_seed"].items())
+    return [
+        "### Vocabulary recipe: GTI against the mean start (`benchmarks/vocabulary.py`)",
+        f"SmolLM2-135M + {data['new_tokens']} rare WordNet words as new tokens, {data['train_texts']} training and "
+        f"{data['heldout_texts']} held-out sentences, equal fine-tuning steps per arm; {data['machine']}; "
+        f"{data['date']}. Wall time per seed (both arms, on a machine shared with other jobs): {walls}. Text -> "
+        f"token accuracy chance: {data['chance_accuracy']:.3f}.",
+        "",
+        data["table"],
+        "",
+        f"Paired bootstrap over held-out sentences, seeds pooled, new-token loss GTI minus mean start: "
+        f"{boot['mean']:+.3f} [{boot['low']:+.3f}, {boot['high']:+.3f}] ({boot['n_users']} sentences; negative "
+        "favours GTI).",
+        "",
+    ]
+
+
 def recipe_speed() -> list[str]:
     runs = [d for d in (_load("recipe_speed"), _load("recipe_speed-avx2")) if d is not None]
     if not runs:
@@ -326,6 +348,7 @@ def main() -> None:
     sections = [
         quality(),
         demo(),
+        vocabulary(),
         recipe_speed(),
         speed(),
         new_token_layers(),
