@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,7 +135,9 @@ class TrainStageArgs:
         return self.option("max_steps")
 
 
+@functools.cache
 def _default_training_args() -> dict:
+    """Every TrainingArguments field and its default (read once; callers do not mutate it)."""
     import transformers
 
     return {f.name: f.default for f in dataclasses.fields(transformers.TrainingArguments)}
