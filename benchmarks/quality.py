@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from environment import run_environment
+from paired import average_hits, bootstrap_difference, load_hits
 from render_results import format_quality, plot_quality
-
-from gti_peft.recsys import paired_bootstrap, per_user_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 _CPU_COMMON = [
@@ -35,8 +34,9 @@ PROFILES = {
         "config": "recipes/smollm2-135m/movielens.yaml",
         "seeds": [0, 1],
         "seeded_arms": ["mean", "gti_mean", "gti_mix"],
-        "compute_matched_seeds": [0, 1],
-        "curve_seeds": [0],  # budget-curve checkpoints evaluated for the seeded arms
+        "compute_matched_seeds": [0],
+        "curve_seeds": [],  # the budget curve is cpu-long's job
+        "grounded_eval_seeds": [0],  # next-item metrics of the grounded-only adapter
         # SmolLM2 on 2 cores: every test user (943), 100 grounding + 100 fine-tuning steps at batch 16.
         "overrides": [*_CPU_COMMON, "grounding.max_steps=100", "finetune.max_steps=100", "finetune.save_steps=50"],
         "probe_items": 150,
@@ -48,6 +48,7 @@ PROFILES = {
         "seeded_arms": ["mean", "gti_mean"],
         "compute_matched_seeds": [0],
         "curve_seeds": [0],
+        "grounded_eval_seeds": [0],
         "overrides": [*_CPU_COMMON, "grounding.max_steps=100", "finetune.max_steps=500", "finetune.save_steps=100"],
         "probe_items": 150,
         "arms": ["gti_mean", "mean", "gti_mix", "mean_compute_matched"],
@@ -58,6 +59,7 @@ PROFILES = {
         "seeded_arms": ["mean", "gti_mean", "gti_mix"],
         "compute_matched_seeds": [0, 1, 2],
         "curve_seeds": [0, 1, 2],
+        "grounded_eval_seeds": [0, 1, 2],
         "overrides": ["evaluation.max_users=null"],
         "probe_items": 500,
     },
@@ -66,7 +68,7 @@ PROFILES = {
 ARMS = {
     "mean": ("mean", False, ["finetune.grounding_mix=0"]),
     "gti_mean": ("mean", True, ["finetune.grounding_mix=0"]),
-    "gti_mix": ("mean", True, ["finetune.grounding_mix=0.25"]),  # continual grounding
+    "gti_mix": ("mean", True, ["finetune.grounding_mix=0.25"]),  # continual grounding, grounded as gti_mean
     "mean_compute_matched": ("mean", False, ["finetune.grounding_mix=0"]),
     "hf_mean": ("hf_mean", False, ["finetune.grounding_mix=0"]),
     "random": ("random", False, ["finetune.grounding_mix=0"]),
@@ -139,18 +141,6 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     return result
 
 
-def load_hits(rankings: dict, k: int = 10) -> dict[str, tuple[float, float]]:
-    """user -> (recall@k, ndcg@k) from a run's rankings ({user: {"target", "ranking"}}, as in rankings.json)."""
-    targets = {u: r["target"] for u, r in rankings.items()}
-    return per_user_hits({u: r["ranking"] for u, r in rankings.items()}, targets, k)
-
-
-def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:
-    """Per-user hits averaged over seeds (users every run has)."""
-    users = sorted(set.intersection(*(set(r) for r in runs)))  # a fixed order: the bootstrap is reproducible
-    return {u: tuple(sum(r[u][m] for r in runs) / len(runs) for m in (0, 1)) for u in users}
-
-
 def compare(results: dict, a: str, b: str, seeds: list[int]) -> dict | None:
     """Paired bootstrap of arm b minus arm a on recall@10 and ndcg@10, per-user hits averaged over `seeds`."""
     runs = [(results["runs"].get(f"{a}/seed{s}"), results["runs"].get(f"{b}/seed{s}")) for s in seeds]
@@ -158,10 +148,7 @@ def compare(results: dict, a: str, b: str, seeds: list[int]) -> dict | None:
         return None
     ha = average_hits([load_hits(ra["rankings"]) for ra, _ in runs])
     hb = average_hits([load_hits(rb["rankings"]) for _, rb in runs])
-    result = {"seeds": seeds}
-    for i, metric in enumerate(("recall@10", "ndcg@10")):
-        result[metric] = paired_bootstrap({u: h[i] for u, h in ha.items()}, {u: h[i] for u, h in hb.items()})
-    return result
+    return {"seeds": seeds, **bootstrap_difference(ha, hb)}
 
 
 def main() -> None:
@@ -178,6 +165,7 @@ def main() -> None:
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
         profile |= {"seeds": seeds, "compute_matched_seeds": seeds, "curve_seeds": seeds[:1]}
+        profile["grounded_eval_seeds"] = seeds
     profile["overrides"] = [*profile["overrides"], *args.set]
     profile["probe_items"] = args.probe_items or profile["probe_items"]
     out_root = Path(args.out) / args.profile
@@ -197,28 +185,31 @@ def main() -> None:
         "curve": previous.get("curve", {}) if keep else {},
         "bootstrap": {},
     }
-    for name in wanted:
-        for seed in _arm_seeds(profile, name):
-            extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
-            if extra is None or "rankings" in results["runs"].get(f"{name}/seed{seed}", {}):
-                continue
-            config = arm_config(profile, out_root, name, seed, extra)
-            folder = Path(config.output.output_dir)
-            start = time.perf_counter()
-            run = run_arm(config)
-            final = probe(config, folder / "adapter", profile["probe_items"], False)
-            summary = _summary(run) | {"final": _probe_summary(final)}
-            summary["rankings"] = json.loads((folder / "rankings.json").read_text())
-            if ARMS[name][1]:
-                grounded = probe(config, folder / "grounded", profile["probe_items"], name in profile["seeded_arms"])
-                summary["grounded"] = _probe_summary(grounded)
-                if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
-                    results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
-            results["runs"][f"{name}/seed{seed}"] = summary
-            if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
-                budget_curve(results, config, name, seed, profile["probe_items"])
-            print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-            _write(results, path, profile["seeds"])
+    # seed-major: an interrupted run has every arm of its first seed
+    order = [(s, n) for s in sorted(set(_all_seeds(profile))) for n in wanted if s in _arm_seeds(profile, n)]
+    for seed, name in order:
+        extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
+        if extra is None or "rankings" in results["runs"].get(f"{name}/seed{seed}", {}):
+            continue
+        config = arm_config(profile, out_root, name, seed, extra)
+        folder = Path(config.output.output_dir)
+        start = time.perf_counter()
+        run = run_arm(config)
+        final = probe(config, folder / "adapter", profile["probe_items"], False)
+        summary = _summary(run) | {"final": _probe_summary(final)}
+        summary["rankings"] = json.loads((folder / "rankings.json").read_text())
+        if ARMS[name][1]:
+            # gti_mix grounds exactly as gti_mean (same seed and grounding stage): only its title probe runs
+            evaluate = name == "gti_mean" and seed in profile["grounded_eval_seeds"]
+            grounded = probe(config, folder / "grounded", profile["probe_items"], evaluate)
+            summary["grounded"] = _probe_summary(grounded)
+            if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
+                results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
+        results["runs"][f"{name}/seed{seed}"] = summary
+        if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
+            budget_curve(results, config, name, seed, profile["probe_items"])
+        print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+        _write(results, path, profile["seeds"])
     _write(results, path, profile["seeds"])
     print(format_quality(results), flush=True)
 
@@ -241,6 +232,10 @@ def _compute_matched_steps(results: dict) -> list[str] | None:
     ft_step = gti["timings_s"]["finetune"] / max(gti["finetune"]["steps"], 1)
     steps = gti["finetune"]["steps"] + round(gti["timings_s"]["ground"] / ft_step)
     return [f"finetune.max_steps={steps}"]
+
+
+def _all_seeds(profile: dict) -> list[int]:
+    return [*profile["seeds"], *profile["compute_matched_seeds"]]
 
 
 def _arm_seeds(profile: dict, name: str) -> list[int]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from headline import headline
+from render_catalog import cold_start, semantic_id_recall
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
@@ -344,8 +347,23 @@ def plot_quality(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def headline_section() -> list[str]:
+    lines = headline()
+    return ["### Headline: GTI against the mean start and classical recommenders", *lines] if lines else []
+
+
+def replace_block(readme: str, name: str, lines: list[str]) -> str:
+    """Rewrite the text between `<!-- NAME:START -->` and `<!-- NAME:END -->` (kept as is when `lines` is empty)."""
+    start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
+    if not lines or start not in readme:
+        return readme
+    before, rest = readme.split(start, 1)
+    return before + "\n".join([start, *lines, end]) + rest.split(end, 1)[1]
+
+
 def main() -> None:
     sections = [
+        headline_section(),
         quality(),
         demo(),
         vocabulary(),
@@ -363,6 +381,8 @@ def main() -> None:
         readme = before + block + rest.split(END, 1)[1]
     else:
         readme = readme.replace("\n## Fault log", f"\n{block}\n\n## Fault log", 1)
+    readme = replace_block(readme, "COLD-START", cold_start())
+    readme = replace_block(readme, "SID-RECALL", semantic_id_recall())
     (ROOT / "README.md").write_text(readme)
 
 

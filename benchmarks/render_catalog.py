@@ -1,0 +1,73 @@
+"""README's "Growing catalogs" tables from results/cold_start.json and results/semantic_id_recall.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def cold_start() -> list[str]:
+    data = _load("cold_start")
+    if data is None or len(data.get("arms", {})) < 2:
+        return []
+    c = data["config"]
+    lines = [
+        f"{data['new_items']} new items, {data['new_target_users']} test users whose target is new; recipe "
+        f"{c['ground_steps']} grounding + {c['finetune_steps']} fine-tuning steps at batch {c['batch_size']}, "
+        f"extension grounding {c['extend_steps']} steps (replay ratio {c['replay_ratio']}); {data['machine']}; "
+        f"{data['date']}. Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in data.get("timings", {}).items()) + ".",
+        "",
+        "| arm | new items: title -> ID hit@10 | new-target users: recall@10 | NDCG@10 | "
+        "old items: title -> ID hit@10 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in data["arms"].items():
+        users = r.get("new_target_users", {})
+        values = (r.get("new_items", {}).get("title_to_id_hit@10"), users.get("recall@10"), users.get("ndcg@10"))
+        lines.append(f"| {name} | " + " | ".join(map(_cell, values)) + f" | {_old_items(r)} |")
+    return [*lines, ""]
+
+
+def _old_items(arm: dict) -> str:
+    old = arm.get("old_items")
+    if old is None:
+        return "-"
+    before = old.get("before", {}).get("title_to_id_hit@10")
+    after = old.get("title_to_id_hit@10", old.get("after", {}).get("title_to_id_hit@10"))
+    return f"{_cell(before)} -> {_cell(after)}" if before is not None else _cell(after)
+
+
+def semantic_id_recall() -> list[str]:
+    data = _load("semantic_id_recall")
+    if data is None or not data.get("runs"):
+        return []
+    lines = [
+        f"Recall per builder (`benchmarks/semantic_id_recall.py`: the recipe's {data['arm']} arm, seed "
+        f"{data['seed']}, every test user; paired bootstrap against residual k-means; {data['machine']}; "
+        f"{data['date']}):",
+        "",
+        "| builder | recall@10 | NDCG@10 | coverage@20 | recall@10 - residual k-means [95% CI] | NDCG@10 - residual "
+        "k-means [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, r in data["runs"].items():
+        b = data["bootstrap"].get(f"{method} - residual_kmeans")
+        deltas = (
+            [f"{b[m]['mean']:+.4f} [{b[m]['low']:+.4f}, {b[m]['high']:+.4f}]" for m in ("recall@10", "ndcg@10")]
+            if b
+            else ["-", "-"]
+        )
+        cells = [method, f"{r['recall@10']:.4f}", f"{r['ndcg@10']:.4f}", _cell(r.get("coverage@20")), *deltas]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
