@@ -1,7 +1,8 @@
 """Cold start: train on old items, add the newest 10% with `extend_catalog`, and measure the new items.
 
-MovieLens-100k. The newest 10% of items by first interaction are held out: the recipe (SmolLM2-135M-Instruct,
-short CPU budget) trains on the other items with every interaction of the held-out items removed. The trained
+MovieLens-100k. The newest 10% of items by first interaction are held out: the SmolLM2 recipe
+(`recipes/smollm2-135m/movielens.yaml`: its prompts, grounding and budget unless overridden) trains on the other
+items with every interaction of the held-out items removed. The trained
 adapter is then extended with the held-out items in three ways: with a rows-only grounding pass mixed with a
 replay of old items' pairs, without it, and without it with new rows started at the mean of all trained rows.
 Each is measured on
@@ -11,7 +12,7 @@ plus title -> ID hit@10 on a sample of old items before and after the grounding 
 the same run: the trained adapter before extension (cannot name a new item: 0 by construction) and a text kNN
 (MiniLM cosine between the items and the mean of the user's history).
 
-    .venv/bin/python benchmarks/cold_start.py --ground-steps 30 --finetune-steps 20 --extend-steps 20 --batch-size 8
+    .venv/bin/python benchmarks/cold_start.py                 # the SmolLM2 recipe's own budget, ~30 min on 2 cores
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from environment import run_environment
 
 from gti_peft.offline_assets import MINILM, resolve
-from gti_peft.recipe import RecipeConfig, run_recipe
-from gti_peft.recipe.config import DataArgs, EvalArgs, OutputArgs, SemanticIDArgs, TrainStageArgs
+from gti_peft.recipe import load_recipe_config, run_recipe
+from gti_peft.recipe.config import EvalArgs
 from gti_peft.recipe.data import prompt_ids
 from gti_peft.recipe.evaluation import evaluate_next_item, title_to_id_hits
 from gti_peft.recsys import (
@@ -43,7 +44,7 @@ from gti_peft.recsys import (
 from gti_peft.recsys.catalog import extend_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ["title_to_tokens", "description_to_tokens", "title_description_to_tokens"]
+RECIPE = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,12 +52,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="offline:smollm2-135m-instruct")
     parser.add_argument("--method", default="residual_kmeans", help="semantic_ids.method")
     parser.add_argument("--new-fraction", type=float, default=0.1)
-    parser.add_argument("--ground-steps", type=int, default=30, help="recipe grounding steps")
-    parser.add_argument("--finetune-steps", type=int, default=20)
-    parser.add_argument("--extend-steps", type=int, default=20, help="rows-only grounding after extending")
-    parser.add_argument("--batch-size", type=int, default=8, help="every training stage")
+    parser.add_argument("--ground-steps", type=int, default=None, help="recipe grounding steps (default: recipe's)")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--extend-steps", type=int, default=40, help="rows-only grounding after extending")
+    parser.add_argument("--batch-size", type=int, default=None, help="every training stage (default: recipe's)")
     parser.add_argument("--replay-ratio", type=float, default=1.0)
-    parser.add_argument("--old-sample", type=int, default=32, help="old items checked for forgetting")
+    parser.add_argument("--old-sample", type=int, default=100, help="old items checked for forgetting")
     parser.add_argument("--max-history", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "benchmarks" / "cold_start"))
@@ -73,44 +74,35 @@ def hold_out_newest(interactions, items, fraction: float) -> set[str]:
     return set(order[-round(fraction * len(order)) :])
 
 
-def train(args, work: Path, interactions, items, new: set[str]) -> Path:
+def recipe_config(args, work: Path):
+    """The SmolLM2 recipe (`recipes/smollm2-135m/movielens.yaml`) on the old items' files under `work`."""
+    data = work / "data"
+    overrides = [
+        f"model.name_or_path={args.model}",
+        "data.dataset=files",
+        f"data.interactions_path={data / 'interactions.csv'}",
+        f"data.items_path={data / 'items.csv'}",
+        "data.user_column=user",
+        "data.item_column=item",
+        f"data.max_history={args.max_history}",
+        f"semantic_ids.method={args.method}",
+        f"semantic_ids.seed={args.seed}",
+        f"output.output_dir={work / 'recipe'}",
+        "output.stages=[ground, finetune]",
+        f"output.seed={args.seed}",
+    ]
+    budget = {"grounding.max_steps": args.ground_steps, "finetune.max_steps": args.finetune_steps}
+    budget |= {f"{s}.per_device_train_batch_size": args.batch_size for s in ("grounding", "finetune")}
+    overrides += [f"{key}={value}" for key, value in budget.items() if value is not None]  # else the recipe's
+    return load_recipe_config(RECIPE, overrides)
+
+
+def train(config, work: Path, interactions, items, new: set[str]) -> Path:
     """The recipe on old items only (files written under `work`, outside the repo: MovieLens' licence)."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     interactions.filter(lambda r: r["item"] not in new).to_csv(data / "interactions.csv")
     items.filter(lambda r: r["item"] not in new).to_csv(data / "items.csv")
-    config = RecipeConfig(
-        data=DataArgs(
-            dataset="files",
-            interactions_path=str(data / "interactions.csv"),
-            items_path=str(data / "items.csv"),
-            user_column="user",
-            item_column="item",
-            max_history=args.max_history,
-            max_train_examples=4000,
-            max_length=160,
-        ),
-        semantic_ids=SemanticIDArgs(method=args.method, seed=args.seed),
-        grounding=TrainStageArgs(
-            training_args={
-                "max_steps": args.ground_steps,
-                "learning_rate": 0.01,
-                "per_device_train_batch_size": args.batch_size,
-                "warmup_steps": 5,
-            }
-        ),
-        finetune=TrainStageArgs(
-            training_args={
-                "max_steps": args.finetune_steps,
-                "learning_rate": 1e-3,
-                "per_device_train_batch_size": args.batch_size,
-                "warmup_steps": 10,
-            }
-        ),
-        output=OutputArgs(output_dir=str(work / "recipe"), stages=["ground", "finetune"], seed=args.seed),
-    )
-    config.model.name_or_path = args.model
-    config.grounding.templates = TEMPLATES
     if not (work / "recipe" / "adapter").exists():
         run_recipe(config)
     return work / "recipe" / "adapter"
@@ -127,22 +119,23 @@ def load(folder: Path, model_name: str):
     return PeftModel.from_pretrained(base, folder).eval(), tokenizer, SemanticIDs.load(folder)
 
 
-def title_hits(model, tokenizer, sids: SemanticIDs, items, chosen: set[str]) -> dict:
+def title_hits(model, tokenizer, sids: SemanticIDs, items, chosen: set[str], style: str) -> dict:
     """Title -> ID hit@1/@10 of the `chosen` items, decoding over the whole catalog of `sids`."""
     table = items.filter(lambda r: r["item"] in chosen)
     pairs = grounding_pairs(table, sids)
-    return title_to_id_hits(model, tokenizer, pairs, sids.token_lists(), table["item"], num_beams=10)
+    return title_to_id_hits(model, tokenizer, pairs, sids.token_lists(), table["item"], style, num_beams=10)
 
 
-def measure(folder: Path, args, items, new_ids, old_sample, examples, train_histories, check_old=True) -> dict:
-    model, tokenizer, sids = load(folder, args.model)
+def measure(folder: Path, config, items, new_ids, old_sample, examples, train_histories, check_old=True) -> dict:
+    """`config`: the recipe config the adapter was trained with (its prompts are the ones measured)."""
+    model, tokenizer, sids = load(folder, config.model.name_or_path)
+    style = config.data.prompt_style
     sid = sids.to_dict()
     if not all(i in sid for i in new_ids):  # the adapter before extension cannot name a new item
         result = {"new_items": {"title_to_id_hit@10": 0.0}, "new_target_users": {"recall@10": 0.0, "ndcg@10": 0.0}}
     else:
-        result = {"new_items": title_hits(model, tokenizer, sids, items, set(new_ids))}
+        result = {"new_items": title_hits(model, tokenizer, sids, items, set(new_ids), style)}
         evaluation = EvalArgs(num_beams=20, top_k=20, max_users=None, batch_size=8)
-        config = RecipeConfig(data=DataArgs(max_history=args.max_history))  # the prompts `train` fine-tuned on
         tokens = sids.token_lists()
         prompts = [prompt_ids(config, tokenizer, tokens, ex["history"]) for ex in examples]
         metrics = evaluate_next_item(
@@ -150,7 +143,7 @@ def measure(folder: Path, args, items, new_ids, old_sample, examples, train_hist
         )
         result["new_target_users"] = metrics["model"]
     if check_old:  # only grounding moves old items' rows
-        result["old_items"] = title_hits(model, tokenizer, sids, items, set(old_sample))
+        result["old_items"] = title_hits(model, tokenizer, sids, items, set(old_sample), style)
     return result
 
 
@@ -202,7 +195,8 @@ def main() -> None:
     report |= {"new_items": len(new), "new_target_users": len(examples), "timings": {}, "arms": results}
     save(args, report)
     start = time.perf_counter()
-    adapter = train(args, work, interactions, items, new)
+    config = recipe_config(args, work)
+    adapter = train(config, work, interactions, items, new)
     report["timings"]["train_s"] = round(time.perf_counter() - start, 1)
     save(args, report)
     new_table = items.filter(lambda r: r["item"] in new)
@@ -213,20 +207,22 @@ def main() -> None:
         "extended, no grounding, mean rows": ("mean_rows", {"new_row_init": "mean"}),
     }
     results["trained adapter (before extension)"] = measure(
-        adapter, args, items, new_ids, old_sample, examples, full.train
+        adapter, config, items, new_ids, old_sample, examples, full.train
     )
     save(args, report)
     for name, (slug, options) in arms.items():
         folder = work / f"extended-{slug}"
         start = time.perf_counter()
         if not folder.exists():
-            settings = {"templates": TEMPLATES, "learning_rate": 0.01, "batch_size": args.batch_size}
-            settings |= {"max_length": 160, "replay_ratio": args.replay_ratio, "seed": args.seed}
+            # the recipe's grounding settings; the prompt style is the one recorded in the adapter's config
+            settings = {"templates": config.grounding.templates, "batch_size": args.batch_size}
+            settings |= {"learning_rate": config.grounding.option("learning_rate"), "seed": args.seed}
+            settings |= {"max_length": config.data.max_length, "replay_ratio": args.replay_ratio}
             extension = extend_catalog(adapter, new_table, folder, **settings, **options)
             report["timings"][f"extend: {name}"] = round(time.perf_counter() - start, 1)
             report.setdefault("extension", extension.to_dict() | {"new_items": len(extension.new_items)})
         grounded = "ground_steps" in options
-        results[name] = measure(folder, args, items, new_ids, old_sample, examples, full.train, check_old=grounded)
+        results[name] = measure(folder, config, items, new_ids, old_sample, examples, full.train, grounded)
         print(name, results[name], flush=True)
         save(args, report)
     print_table(results)

@@ -243,6 +243,7 @@ def ground(
         "templates": sorted(report.examples_per_template),
         "examples": report.examples,
         "final_loss": report.loss_history[-1][1] if report.loss_history else None,
+        "prompt_style": prompt_style,  # what later grounding (e.g. `extend_catalog`) must tokenize like
     }
     if report_path is not None and trainer.is_world_process_zero():
         report.save(report_path)

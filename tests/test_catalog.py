@@ -221,3 +221,27 @@ def test_a_new_disambiguation_token_gets_one_new_row_at_its_level_mean(trained, 
     same_level = [i for i, t in enumerate(vocab) if t.startswith(f"<{level}_")]
     assert rows[key].shape[0] == len(vocab) + 1
     torch.testing.assert_close(rows[key][-1], rows[key][same_level].mean(0))
+
+
+def test_grounding_tokenizes_prompts_as_the_adapter_was_grounded(trained, tmp_path):
+    folder = tmp_path / "plain-adapter"
+    folder.mkdir()
+    for path in trained["folder"].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["grounding"] = {"steps": 5, "prompt_style": "plain"}  # as a recipe with plain prompts records it
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    replay = trained["items"].select(range(N_OLD))
+    common = {"ground_steps": 1, "replay": replay, "base_model": str(trained["base"]), "batch_size": 4}
+    extend_catalog(folder, _new_items(trained), tmp_path / "own", max_length=96, **common)
+    own = json.loads((tmp_path / "own" / "adapter_config.json").read_text())
+    assert own["grounding"]["prompt_style"] == "plain"
+    extend_catalog(folder, _new_items(trained), tmp_path / "asked", prompt_style="chat", max_length=96, **common)
+    asked = json.loads((tmp_path / "asked" / "adapter_config.json").read_text())
+    assert asked["grounding"]["prompt_style"] == "chat"
+
+
+def test_an_unknown_prompt_style_is_refused_before_anything_is_written(trained, tmp_path):
+    with pytest.raises(ValueError, match="`prompt_style` must be one of .* got 'plane'"):
+        extend_catalog(trained["folder"], _new_items(trained), tmp_path / "out", prompt_style="plane")
+    assert not (tmp_path / "out").exists()

@@ -123,6 +123,13 @@ def _check_new_items(table: Dataset, sids: SemanticIDs) -> list[str]:
     return ids
 
 
+def _check_prompt_style(style: str | None) -> None:
+    from ..templates import PROMPT_STYLES
+
+    if style is not None and style not in PROMPT_STYLES:
+        raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES} (or None: the adapter's own), got {style!r}.")
+
+
 def _plan(source, new_items, out, encoder, replay, columns, ground_steps, replay_ratio, new_row_init, overwrite):
     source, out = Path(source), Path(out)
     if ground_steps < 0 or replay_ratio < 0:
@@ -244,7 +251,11 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
         tokenizer.pad_token = tokenizer.eos_token
     pairs = _grounding_pairs(plan, replay_ratio, options["seed"])
     templates = options.pop("templates")
-    report = ground(model, tokenizer, pairs, templates, max_steps=ground_steps, save_strategy="no", **options)
+    # prompts as the adapter was grounded (recorded in its config), so the new rows learn the prompts it serves
+    style = options.pop("prompt_style") or (config.get("grounding") or {}).get("prompt_style", "chat")
+    report = ground(
+        model, tokenizer, pairs, templates, max_steps=ground_steps, save_strategy="no", prompt_style=style, **options
+    )
     if out.exists() and not (out / CONFIG).is_file():  # overwrite=True was checked by the plan; an adapter
         shutil.rmtree(out)  # folder is replaced atomically by save_for_hub, anything else is cleared first
     save_for_hub(model, tokenizer, out, extra_files=[staging / SAVE_NAME])
@@ -266,6 +277,7 @@ def extend_catalog(
     learning_rate: float = 1e-3,
     batch_size: int = 16,
     max_length: int = 256,
+    prompt_style: str | None = None,
     seed: int = 0,
     item_column: str = "item_id",
     title_column: str = "title",
@@ -288,6 +300,8 @@ def extend_catalog(
             trained rows (`mean`).
         templates: Names of the grounding templates (default: all of `DEFAULT_TEMPLATES`).
         learning_rate, batch_size, max_length, seed: Grounding settings.
+        prompt_style: How grounding prompts are tokenized (`gti_peft.templates.PROMPT_STYLES`); default: the
+            style the adapter was grounded with (recorded in its config), else `"chat"`.
         overwrite: Replace an existing `out_folder`.
 
     Every bad input (existing or repeated items, missing columns, no semantic IDs, another encoder) is refused
@@ -295,6 +309,7 @@ def extend_catalog(
     """
     columns = (item_column, title_column, description_columns)
     chosen = _templates(templates)
+    _check_prompt_style(prompt_style)
     plan = _plan(
         adapter_folder,
         new_items,
@@ -314,7 +329,7 @@ def extend_catalog(
         write_folder_atomically(out, lambda tmp: ids.extend(_write_files(plan, tmp, new_row_init)))
     else:
         options = {"learning_rate": learning_rate, "per_device_train_batch_size": batch_size, "seed": seed}
-        options |= {"max_length": max_length, "templates": chosen}
+        options |= {"max_length": max_length, "templates": chosen, "prompt_style": prompt_style}
         with tempfile.TemporaryDirectory(prefix="gti-extend-") as staging:
             ids = _write_files(plan, Path(staging), new_row_init)
             grounding = _ground_and_save(plan, Path(staging), out, base_model, ground_steps, replay_ratio, options)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--prompt-style", default=None, help="chat, chat_no_system or plain (default: the adapter's grounding one)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output folder.")
     return parser
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        prompt_style=args.prompt_style,
         seed=args.seed,
         item_column=args.item_column,
         title_column=args.title_column,
