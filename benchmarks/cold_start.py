@@ -215,7 +215,8 @@ def main() -> None:
         start = time.perf_counter()
         if not folder.exists():
             # the recipe's grounding settings; the prompt style is the one recorded in the adapter's config
-            settings = {"templates": config.grounding.templates, "batch_size": args.batch_size}
+            settings = {"templates": config.grounding.templates}
+            settings |= {"batch_size": config.grounding.option("per_device_train_batch_size")}
             settings |= {"learning_rate": config.grounding.option("learning_rate"), "seed": args.seed}
             settings |= {"max_length": config.data.max_length, "replay_ratio": args.replay_ratio}
             extension = extend_catalog(adapter, new_table, folder, **settings, **options)

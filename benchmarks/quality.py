@@ -85,7 +85,8 @@ def arm_config(profile: dict, out_root: Path, name: str, seed: int, extra=()):
         f"adapter.init={init}",
         f"output.seed={seed}",
         f"output.output_dir={out_root / f'{name}-seed{seed}'}",
-        "semantic_ids.seed=0",  # the same semantic IDs for every arm
+        "semantic_ids.seed=0",  # the same semantic IDs for every arm: those every stored run used
+        "semantic_ids.method=residual_kmeans",  # (benchmarks/semantic_id_recall.py compares the builders)
         *profile["overrides"],
         *arm_overrides,
         *extra,
@@ -186,6 +187,7 @@ def main() -> None:
         "bootstrap": {},
     }
     # seed-major: an interrupted run has every arm of its first seed
+    seeds = profile["seeds"]
     order = [(s, n) for s in sorted(set(_all_seeds(profile))) for n in wanted if s in _arm_seeds(profile, n)]
     for seed, name in order:
         extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
@@ -206,22 +208,25 @@ def main() -> None:
             if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
                 results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
         results["runs"][f"{name}/seed{seed}"] = summary
+        _write(results, path, profile["seeds"])
         if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
-            budget_curve(results, config, name, seed, profile["probe_items"])
+            budget_curve(results, config, name, seed, profile["probe_items"], lambda: _write(results, path, seeds))
         print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
         _write(results, path, profile["seeds"])
     _write(results, path, profile["seeds"])
     print(format_quality(results), flush=True)
 
 
-def budget_curve(results: dict, config, name: str, seed: int, probe_items: int) -> None:
-    """Next-item metrics of every fine-tuning checkpoint of one run (step 0, grounded only, comes from the probe)."""
+def budget_curve(results: dict, config, name: str, seed: int, probe_items: int, save) -> None:
+    """Next-item metrics of every fine-tuning checkpoint of one run (step 0, grounded only, comes from the probe);
+    `save()` after each point."""
     folder = Path(config.output.output_dir) / "checkpoints-finetune"
     for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         step = int(checkpoint.name.split("-")[1])
         if step < config.finetune.max_steps and f"{name}/seed{seed}/step{step}" not in results["curve"]:
             point = probe(config, checkpoint, probe_items, True)
             results["curve"][f"{name}/seed{seed}/step{step}"] = point["metrics"]
+            save()
 
 
 def _compute_matched_steps(results: dict) -> list[str] | None:
@@ -246,6 +251,11 @@ def _arm_seeds(profile: dict, name: str) -> list[int]:
 
 def _write(results: dict, path: Path, seeds: list[int]) -> None:
     """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG."""
+    if path.exists():  # runs that another process of the same settings wrote meanwhile are kept
+        on_disk = json.loads(path.read_text())
+        if on_disk.get("settings", {}).get("overrides") == results["settings"]["overrides"]:
+            for key in ("runs", "curve"):
+                results[key] = {**on_disk.get(key, {}), **results[key]}
     for group in [*([s] for s in seeds), seeds]:
         pairs = [
             ("mean", "gti_mean"),

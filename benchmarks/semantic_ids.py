@@ -5,9 +5,10 @@ at the same levels x codes. Per level: perplexity of the code usage (exp of its 
 number of codes). Collision rate: items whose quantizer codes repeat an earlier item's (each needs a
 disambiguation token). Also: tokens per item, largest group sharing all codes, new tokens in the vocabulary,
 build time (quantization only; the embedding is shared), and whether a second build with the same seed gives
-the same IDs. The effect on recall@10 needs one recipe training per builder and is not measured here.
+the same IDs. The effect on recall@10 is `benchmarks/semantic_id_recall.py` (one recipe training per builder).
 
     .venv/bin/python benchmarks/semantic_ids.py --levels 3 --codes 32
+    .venv/bin/python benchmarks/semantic_ids.py --scale 2000 8000   # build time as the catalog grows (synthetic)
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--check-determinism", action="store_true", help="build each twice (doubles the time)")
+    parser.add_argument(
+        "--scale", nargs="*", type=int, default=None, help="also time each builder on this many synthetic items"
+    )
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "semantic_ids.json"))
     return parser.parse_args()
 
@@ -59,8 +63,30 @@ def describe(sids: SemanticIDs, seconds: float) -> dict:
     }
 
 
+def build_scaling(sizes: list[int], methods, levels: int, codes: int, seed: int) -> dict:
+    """Build seconds of each builder on `n` random unit vectors (MiniLM's 384 dimensions) for each `n`."""
+    import torch
+
+    times: dict[str, dict[int, float]] = {m: {} for m in methods}
+    for n in sizes:
+        x = torch.nn.functional.normalize(torch.randn(n, 384, generator=torch.Generator().manual_seed(seed)), dim=-1)
+        for method in methods:
+            start = time.perf_counter()
+            SemanticIDs.from_embeddings([str(i) for i in range(n)], x, levels, codes, seed, method)
+            times[method][n] = round(time.perf_counter() - start, 1)
+            print(f"{n} items, {method}: {times[method][n]} s", flush=True)
+    return times
+
+
 def main() -> None:
     args = parse_args()
+    if args.scale:
+        path = Path(args.output)
+        report = json.loads(path.read_text()) if path.exists() else {}
+        scaling = build_scaling(args.scale, args.methods, args.levels, args.codes, args.seed)
+        report["build_seconds_by_size"] = {**run_environment(), "seconds": scaling}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        return
     _, items = load_movielens_100k()
     ids, texts = item_texts(items)
     start = time.perf_counter()
@@ -94,8 +120,11 @@ def main() -> None:
         "config": {k: v for k, v in vars(args).items() if k != "output"},
         "embed_seconds": round(embed_seconds, 2),
         "builders": results,
-        "recall_at_10": "not measured (needs one recipe training per builder)",
+        "recall_at_10": "benchmarks/results/semantic_id_recall.json",
     }
+    previous = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
+    if "build_seconds_by_size" in previous:  # written by --scale
+        report["build_seconds_by_size"] = previous["build_seconds_by_size"]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")

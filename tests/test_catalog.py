@@ -241,7 +241,16 @@ def test_grounding_tokenizes_prompts_as_the_adapter_was_grounded(trained, tmp_pa
     assert asked["grounding"]["prompt_style"] == "chat"
 
 
-def test_an_unknown_prompt_style_is_refused_before_anything_is_written(trained, tmp_path):
-    with pytest.raises(ValueError, match="`prompt_style` must be one of .* got 'plane'"):
-        extend_catalog(trained["folder"], _new_items(trained), tmp_path / "out", prompt_style="plane")
+@pytest.mark.parametrize(
+    ("setting", "value", "match"),
+    [
+        ("prompt_style", "plane", "`prompt_style` must be one of .* got 'plane'"),
+        ("batch_size", None, "`batch_size` must be a positive integer, got None"),
+        ("max_length", 0, "`max_length` must be a positive integer, got 0"),
+        ("learning_rate", -1.0, "`learning_rate` must be a positive number, got -1.0"),
+    ],
+)
+def test_bad_grounding_settings_are_refused_before_anything_is_written(trained, tmp_path, setting, value, match):
+    with pytest.raises(ValueError, match=match):
+        extend_catalog(trained["folder"], _new_items(trained), tmp_path / "out", **{setting: value})
     assert not (tmp_path / "out").exists()

@@ -123,11 +123,17 @@ def _check_new_items(table: Dataset, sids: SemanticIDs) -> list[str]:
     return ids
 
 
-def _check_prompt_style(style: str | None) -> None:
+def _check_grounding_settings(style: str | None, batch_size, learning_rate, max_length) -> None:
+    """The grounding pass's own settings, checked before any file is written or model loaded."""
     from ..templates import PROMPT_STYLES
 
     if style is not None and style not in PROMPT_STYLES:
         raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES} (or None: the adapter's own), got {style!r}.")
+    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}: pass e.g. {name}=16.")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+        raise ValueError(f"`learning_rate` must be a positive number, got {learning_rate!r}: pass e.g. 1e-2.")
 
 
 def _plan(source, new_items, out, encoder, replay, columns, ground_steps, replay_ratio, new_row_init, overwrite):
@@ -309,7 +315,7 @@ def extend_catalog(
     """
     columns = (item_column, title_column, description_columns)
     chosen = _templates(templates)
-    _check_prompt_style(prompt_style)
+    _check_grounding_settings(prompt_style, batch_size, learning_rate, max_length)
     plan = _plan(
         adapter_folder,
         new_items,
