@@ -196,6 +196,13 @@ def main() -> None:
     save(args, report)
     start = time.perf_counter()
     config = recipe_config(args, work)
+    report["recipe"] = {
+        "grounding_steps": config.grounding.max_steps,
+        "finetune_steps": config.finetune.max_steps,
+        "batch_size": config.finetune.option("per_device_train_batch_size"),
+        "prompt_style": config.data.prompt_style,
+        "grounding_mix": config.finetune.grounding_mix,
+    }
     adapter = train(config, work, interactions, items, new)
     report["timings"]["train_s"] = round(time.perf_counter() - start, 1)
     save(args, report)

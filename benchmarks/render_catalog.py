@@ -21,11 +21,18 @@ def cold_start() -> list[str]:
     data = _load("cold_start")
     if data is None or len(data.get("arms", {})) < 2:
         return []
-    c = data["config"]
+    c, r = data["config"], data.get("recipe")
+    budget = (
+        f"{r['grounding_steps']} grounding + {r['finetune_steps']} fine-tuning steps at batch {r['batch_size']}"
+        if r
+        else "its own budget (recipes/smollm2-135m/movielens.yaml)"
+        if c["ground_steps"] is None
+        else f"{c['ground_steps']} grounding + {c['finetune_steps']} fine-tuning steps at batch {c['batch_size']}"
+    )
     lines = [
-        f"{data['new_items']} new items, {data['new_target_users']} test users whose target is new; recipe "
-        f"{c['ground_steps']} grounding + {c['finetune_steps']} fine-tuning steps at batch {c['batch_size']}, "
-        f"extension grounding {c['extend_steps']} steps (replay ratio {c['replay_ratio']}); {data['machine']}; "
+        f"{data['new_items']} new items, {data['new_target_users']} test users whose target is new; the SmolLM2 "
+        f"recipe with {budget}, extension grounding {c['extend_steps']} steps (replay ratio {c['replay_ratio']}); "
+        f"{data['machine']}; "
         f"{data['date']}. Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in data.get("timings", {}).items()) + ".",
         "",
         "| arm | new items: title -> ID hit@10 | new-target users: recall@10 | NDCG@10 | "
@@ -70,4 +77,23 @@ def semantic_id_recall() -> list[str]:
         )
         cells = [method, f"{r['recall@10']:.4f}", f"{r['ndcg@10']:.4f}", _cell(r.get("coverage@20")), *deltas]
         lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", *_build_scaling()]
+
+
+def _build_scaling() -> list[str]:
+    data = (_load("semantic_ids") or {}).get("build_seconds_by_size")
+    if not data:
+        return []
+    seconds = data["seconds"]
+    methods = list(seconds)
+    sizes = sorted({int(n) for per_size in seconds.values() for n in per_size})
+    lines = [
+        f"Build time as the catalog grows (`benchmarks/semantic_ids.py --scale`: random unit vectors, 3 x 32 codes; "
+        f"{data['machine']}, shared with two training jobs, so compare within a row):",
+        "",
+        "| items | " + " | ".join(f"{m} s" for m in methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
+    for n in sizes:
+        lines.append(f"| {n:,} | " + " | ".join(f"{seconds[m].get(str(n), '-')}" for m in methods) + " |")
     return [*lines, ""]
