@@ -84,7 +84,7 @@ def headline(profile: str = "cpu") -> list[str]:
         f"nothing excluded); LM arms: SmolLM2-135M-Instruct, `benchmarks/quality.py --profile {profile}` "
         f"(`{' '.join(quality['settings']['overrides'])}`), mean start seeds {','.join(map(str, mean_seeds))}; "
         "differences are paired bootstraps (5,000 resamples of the users) against the mean start averaged over the "
-        f"same seeds. Training minutes: grounding + fine-tuning on {quality['machine']}; cornac's on "
+        f"same seeds. Training minutes: grounding + fine-tuning, each run on {quality['machine']}; cornac's on "
         f"{classical['machine']}.",
         "",
         *lines,
