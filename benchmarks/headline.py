@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paired import average_hits, bootstrap_difference, load_hits
+from paired import METRICS, average_hits, bootstrap_difference, format_difference, load_hits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GTI_ARMS = {"gti_mix": "GTI + continual grounding", "gti_mean": "GTI"}
@@ -31,7 +31,7 @@ def _row(name: str, hits: dict, seeds: str, seconds: float | None, reference: di
         deltas = ["-", "-"]
     else:
         b = bootstrap_difference(reference, hits)
-        deltas = [f"{b[m]['mean']:+.4f} [{b[m]['low']:+.4f}, {b[m]['high']:+.4f}]" for m in ("recall@10", "ndcg@10")]
+        deltas = [format_difference(b[m]) for m in METRICS]
     cost = "-" if seconds is None else f"{seconds / 60:.1f}"
     cells = [name, seeds, f"{recall:.4f}", f"{ndcg:.4f}", f"{recall / popularity:.2f}x", *deltas, cost]
     return "| " + " | ".join(cells) + " |"

@@ -19,6 +19,11 @@ def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:
     return {u: tuple(sum(r[u][m] for r in runs) / len(runs) for m in (0, 1)) for u in users}
 
 
+def format_difference(bootstrap: dict, digits: int = 4) -> str:
+    """`+mean [+low, +high]` of one `paired_bootstrap` result."""
+    return "{mean:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]".format(d=digits, **bootstrap)
+
+
 def bootstrap_difference(a: dict, b: dict) -> dict:
     """Paired bootstrap of b minus a (per-user hits from `load_hits` / `average_hits`) on recall@10 and ndcg@10."""
     return {

@@ -208,12 +208,11 @@ def main() -> None:
             if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
                 results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
         results["runs"][f"{name}/seed{seed}"] = summary
-        _write(results, path, profile["seeds"])
+        _write(results, path, seeds)
         if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
             budget_curve(results, config, name, seed, profile["probe_items"], lambda: _write(results, path, seeds))
         print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-        _write(results, path, profile["seeds"])
-    _write(results, path, profile["seeds"])
+    _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
     print(format_quality(results), flush=True)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from paired import METRICS, format_difference
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _load(name: str) -> dict | None:
+def load_result(name: str) -> dict | None:
+    """`benchmarks/results/<name>.json`, or None where that benchmark has not run."""
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -18,7 +21,7 @@ def _cell(value: float | None) -> str:
 
 
 def cold_start() -> list[str]:
-    data = _load("cold_start")
+    data = load_result("cold_start")
     if data is None or len(data.get("arms", {})) < 2:
         return []
     c, r = data["config"], data.get("recipe")
@@ -42,21 +45,13 @@ def cold_start() -> list[str]:
     for name, r in data["arms"].items():
         users = r.get("new_target_users", {})
         values = (r.get("new_items", {}).get("title_to_id_hit@10"), users.get("recall@10"), users.get("ndcg@10"))
-        lines.append(f"| {name} | " + " | ".join(map(_cell, values)) + f" | {_old_items(r)} |")
+        old = r.get("old_items", {}).get("title_to_id_hit@10")  # measured where grounding may move old rows
+        lines.append(f"| {name} | " + " | ".join(map(_cell, (*values, old))) + " |")
     return [*lines, ""]
 
 
-def _old_items(arm: dict) -> str:
-    old = arm.get("old_items")
-    if old is None:
-        return "-"
-    before = old.get("before", {}).get("title_to_id_hit@10")
-    after = old.get("title_to_id_hit@10", old.get("after", {}).get("title_to_id_hit@10"))
-    return f"{_cell(before)} -> {_cell(after)}" if before is not None else _cell(after)
-
-
 def semantic_id_recall() -> list[str]:
-    data = _load("semantic_id_recall")
+    data = load_result("semantic_id_recall")
     if data is None or not data.get("runs"):
         return []
     lines = [
@@ -70,18 +65,14 @@ def semantic_id_recall() -> list[str]:
     ]
     for method, r in data["runs"].items():
         b = data["bootstrap"].get(f"{method} - residual_kmeans")
-        deltas = (
-            [f"{b[m]['mean']:+.4f} [{b[m]['low']:+.4f}, {b[m]['high']:+.4f}]" for m in ("recall@10", "ndcg@10")]
-            if b
-            else ["-", "-"]
-        )
+        deltas = [format_difference(b[m]) for m in METRICS] if b else ["-", "-"]
         cells = [method, f"{r['recall@10']:.4f}", f"{r['ndcg@10']:.4f}", _cell(r.get("coverage@20")), *deltas]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, "", *_build_scaling()]
 
 
 def _build_scaling() -> list[str]:
-    data = (_load("semantic_ids") or {}).get("build_seconds_by_size")
+    data = (load_result("semantic_ids") or {}).get("build_seconds_by_size")
     if not data:
         return []
     seconds = data["seconds"]

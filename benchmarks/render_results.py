@@ -5,24 +5,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from headline import headline
-from render_catalog import cold_start, semantic_id_recall
+from paired import format_difference
+from render_catalog import cold_start, load_result, semantic_id_recall
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def quality() -> list[str]:
-    data = _load("quality-cpu")
+    data = load_result("quality-cpu")
     if data is None or not data["runs"]:
         return []
     v = ", ".join(f"{k} {x}" for k, x in data["versions"].items())
@@ -49,7 +43,7 @@ def quality() -> list[str]:
 
 
 def speed() -> list[str]:
-    data = _load("speed")
+    data = load_result("speed")
     if data is None or "trainer" not in data:
         return []
     t = data["trainer"]
@@ -71,7 +65,7 @@ def speed() -> list[str]:
 
 
 def new_token_layers() -> list[str]:
-    data = _load("new_token_layers")
+    data = load_result("new_token_layers")
     if data is None:
         return []
     versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items())
@@ -88,7 +82,7 @@ def new_token_layers() -> list[str]:
 
 
 def constrained_decoding() -> list[str]:
-    data = _load("constrained_decoding")
+    data = load_result("constrained_decoding")
     if data is None:
         return []
     ups, best = data["users_per_second"], data["users_per_second_best"]
@@ -110,7 +104,7 @@ def constrained_decoding() -> list[str]:
 
 
 def vocabulary() -> list[str]:
-    data = _load("vocabulary-smollm2-wordnet")
+    data = load_result("vocabulary-smollm2-wordnet")
     if data is None:
         return []
     boot = data["pooled_paired_bootstrap_new_token_loss"]
@@ -125,14 +119,14 @@ def vocabulary() -> list[str]:
         data["table"],
         "",
         f"Paired bootstrap over held-out sentences, seeds pooled, new-token loss GTI minus mean start: "
-        f"{boot['mean']:+.3f} [{boot['low']:+.3f}, {boot['high']:+.3f}] ({boot['n_users']} sentences; negative "
+        f"{format_difference(boot, 3)} ({boot['n_users']} sentences; negative "
         "favours GTI).",
         "",
     ]
 
 
 def recipe_speed() -> list[str]:
-    runs = [d for d in (_load("recipe_speed"), _load("recipe_speed-avx2")) if d is not None]
+    runs = [d for d in (load_result("recipe_speed"), load_result("recipe_speed-avx2")) if d is not None]
     if not runs:
         return []
     lines = [
@@ -163,7 +157,7 @@ def recipe_speed() -> list[str]:
 
 
 def demo() -> list[str]:
-    data = _load("demo-smollm2-movielens-avx2") or _load("demo-smollm2-movielens")
+    data = load_result("demo-smollm2-movielens-avx2") or load_result("demo-smollm2-movielens")
     if data is None:
         return []
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
@@ -205,7 +199,7 @@ def _baseline(data: dict) -> list[str]:
 
 
 def grounding_curves() -> list[str]:
-    data = _load("grounding_curves")
+    data = load_result("grounding_curves")
     if data is None:
         return []
     settings = data["settings"]
@@ -281,7 +275,7 @@ def format_quality(results: dict) -> str:
         "",
     ]
     for name, b in results["bootstrap"].items():
-        parts = [f"{m} {b[m]['mean']:+.4f} [{b[m]['low']:+.4f}, {b[m]['high']:+.4f}]" for m in METRICS[1::3]]
+        parts = [f"{m} {format_difference(b[m])}" for m in METRICS[1::3]]
         lines.append(f"- {name}: " + "; ".join(parts) + f" ({b['recall@10']['n_users']} users)")
     curve = _curve_points(results)
     if curve:
