@@ -15,7 +15,9 @@ rerunning the command continues where it stopped. Results: benchmarks/results/qu
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override, e.g. finetune.max_steps=4")
     parser.add_argument("--probe-items", type=int, default=None, help="Items for title -> ID hits (profile default)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds for every arm (default: the profile's)")
+    parser.add_argument("--no-curve", action="store_true", help="Runs only; a later call adds the budget curve")
     args = parser.parse_args()
     profile = dict(PROFILES[args.profile])
     if args.seeds:
@@ -209,23 +212,49 @@ def main() -> None:
                 results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
         results["runs"][f"{name}/seed{seed}"] = summary
         _write(results, path, seeds)
-        if name in profile["seeded_arms"] and seed in profile["curve_seeds"]:
-            budget_curve(results, config, name, seed, profile["probe_items"], lambda: _write(results, path, seeds))
         print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    # the budget curve comes after every run: an interrupted benchmark has its comparisons first
+    curves = [
+        arm_config(profile, out_root, name, seed)
+        for seed, name in ([] if args.no_curve else order)
+        if f"{name}/seed{seed}" in results["runs"]
+        and name in profile["seeded_arms"]
+        and seed in profile["curve_seeds"]
+    ]
+    budget_curve(results, curves, profile["probe_items"], lambda: _write(results, path, seeds))
     _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
     print(format_quality(results), flush=True)
 
 
-def budget_curve(results: dict, config, name: str, seed: int, probe_items: int, save) -> None:
-    """Next-item metrics of every fine-tuning checkpoint of one run (step 0, grounded only, comes from the probe);
-    `save()` after each point."""
-    folder = Path(config.output.output_dir) / "checkpoints-finetune"
-    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-        step = int(checkpoint.name.split("-")[1])
-        if step < config.finetune.max_steps and f"{name}/seed{seed}/step{step}" not in results["curve"]:
-            point = probe(config, checkpoint, probe_items, True)
-            results["curve"][f"{name}/seed{seed}/step{step}"] = point["metrics"]
-            save()
+def budget_curve(results: dict, configs: list, probe_items: int, save) -> None:
+    """Next-item metrics of the fine-tuning checkpoints of the runs in `configs` (step 0, grounded only, comes from
+    the probe); `save()` after each point. Every run's middle checkpoint comes first, then the points farthest from
+    those measured, the runs interleaved: an interrupted curve still spans the budget for every arm."""
+    queues = []
+    for config in configs:
+        folder = Path(config.output.output_dir) / "checkpoints-finetune"
+        steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")}
+        queues.append([(config, step, steps[step]) for step in _spread_order(steps, config.finetune.max_steps)])
+    for rank in range(max(map(len, queues), default=0)):
+        for config, step, checkpoint in (q[rank] for q in queues if rank < len(q)):
+            name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
+            if f"{name}/seed{seed}/step{step}" not in results["curve"]:
+                results["curve"][f"{name}/seed{seed}/step{step}"] = probe(config, checkpoint, probe_items, True)[
+                    "metrics"
+                ]
+                save()
+
+
+def _spread_order(steps, max_steps: int) -> list[int]:
+    """Checkpoint steps below `max_steps`, each next one the farthest from 0, `max_steps` and those before it."""
+    todo, done = sorted(s for s in steps if s < max_steps), [0, max_steps]
+    order = []
+    while todo:
+        step = max(todo, key=lambda s: (min(abs(s - d) for d in done), s))
+        order.append(step)
+        todo.remove(step)
+        done.append(step)
+    return order
 
 
 def _compute_matched_steps(results: dict) -> list[str] | None:
@@ -249,27 +278,32 @@ def _arm_seeds(profile: dict, name: str) -> list[int]:
 
 
 def _write(results: dict, path: Path, seeds: list[int]) -> None:
-    """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG."""
-    if path.exists():  # runs that another process of the same settings wrote meanwhile are kept
-        on_disk = json.loads(path.read_text())
-        if on_disk.get("settings", {}).get("overrides") == results["settings"]["overrides"]:
-            for key in ("runs", "curve"):
-                results[key] = {**on_disk.get(key, {}), **results[key]}
-    for group in [*([s] for s in seeds), seeds]:
-        pairs = [
-            ("mean", "gti_mean"),
-            ("mean_compute_matched", "gti_mean"),
-            ("mean", "gti_mix"),
-            ("gti_mean", "gti_mix"),
-        ]
-        for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
-            comparison = compare(results, a, b, group)
-            if comparison is not None:
-                results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
+    """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG.
+    Processes sharing one results file take turns (a lock file) and keep what the others wrote."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    path.with_suffix(".md").write_text(format_quality(results) + "\n")
-    plot_quality(results, path.with_suffix(".png"))
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            on_disk = json.loads(path.read_text())
+            if on_disk.get("settings", {}).get("overrides") == results["settings"]["overrides"]:
+                for key in ("runs", "curve"):
+                    results[key] = {**on_disk.get(key, {}), **results[key]}
+        for group in [*([s] for s in seeds), seeds]:
+            pairs = [
+                ("mean", "gti_mean"),
+                ("mean_compute_matched", "gti_mean"),
+                ("mean", "gti_mix"),
+                ("gti_mean", "gti_mix"),
+            ]
+            for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
+                comparison = compare(results, a, b, group)
+                if comparison is not None:
+                    results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
+        partial = path.with_suffix(".json.partial")  # a reader never sees a half-written file
+        partial.write_text(json.dumps(results, indent=2))
+        os.replace(partial, path)
+        path.with_suffix(".md").write_text(format_quality(results) + "\n")
+        plot_quality(results, path.with_suffix(".png"))
 
 
 def _probe_summary(probe_result: dict) -> dict:
