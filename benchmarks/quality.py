@@ -221,15 +221,16 @@ def main() -> None:
         and name in profile["seeded_arms"]
         and seed in profile["curve_seeds"]
     ]
-    budget_curve(results, curves, profile["probe_items"], lambda: _write(results, path, seeds))
+    budget_curve(results, curves, profile["probe_items"], path, lambda: _write(results, path, seeds))
     _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
     print(format_quality(results), flush=True)
 
 
-def budget_curve(results: dict, configs: list, probe_items: int, save) -> None:
+def budget_curve(results: dict, configs: list, probe_items: int, path: Path, save) -> None:
     """Next-item metrics of the fine-tuning checkpoints of the runs in `configs` (step 0, grounded only, comes from
     the probe); `save()` after each point. Every run's middle checkpoint comes first, then the points farthest from
-    those measured, the runs interleaved: an interrupted curve still spans the budget for every arm."""
+    those measured, the runs interleaved: an interrupted curve still spans the budget for every arm. Processes
+    sharing the results file at `path` split the points: each claims a point before measuring it."""
     queues = []
     for config in configs:
         folder = Path(config.output.output_dir) / "checkpoints-finetune"
@@ -238,11 +239,33 @@ def budget_curve(results: dict, configs: list, probe_items: int, save) -> None:
     for rank in range(max(map(len, queues), default=0)):
         for config, step, checkpoint in (q[rank] for q in queues if rank < len(q)):
             name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
-            if f"{name}/seed{seed}/step{step}" not in results["curve"]:
-                results["curve"][f"{name}/seed{seed}/step{step}"] = probe(config, checkpoint, probe_items, True)[
-                    "metrics"
-                ]
+            key = f"{name}/seed{seed}/step{step}"
+            on_disk = json.loads(path.read_text()).get("curve", {}) if path.exists() else {}
+            if key in results["curve"] or key in on_disk or not _claim(checkpoint):
+                continue
+            try:
+                results["curve"][key] = probe(config, checkpoint, probe_items, True)["metrics"]
                 save()
+            finally:
+                (checkpoint / ".curve-claim").unlink(missing_ok=True)
+
+
+def _claim(checkpoint: Path) -> bool:
+    """Take a checkpoint's curve point for this process; False while another live process holds it."""
+    claim = checkpoint / ".curve-claim"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = claim.read_text()
+        try:
+            os.kill(int(holder or 0), 0)  # an empty claim is being written: pid 0 is this process group, alive
+            return False
+        except (ProcessLookupError, ValueError):  # its process is gone: take the point over
+            claim.unlink(missing_ok=True)
+            return _claim(checkpoint)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def _spread_order(steps, max_steps: int) -> list[int]:
