@@ -26,6 +26,8 @@ from environment import run_environment
 from paired import average_hits, bootstrap_difference, load_hits
 from render_results import format_quality, plot_quality
 
+from gti_peft.recsys import per_user_hits
+
 ROOT = Path(__file__).resolve().parents[1]
 _CPU_COMMON = [
     "evaluation.max_users=null",  # every test user
@@ -187,6 +189,7 @@ def main() -> None:
         **run_environment(),
         "runs": previous.get("runs", {}) if keep else {},
         "curve": previous.get("curve", {}) if keep else {},
+        "curve_rankings": previous.get("curve_rankings", {}) if keep else {},
         "bootstrap": {},
     }
     # seed-major: an interrupted run has every arm of its first seed
@@ -216,12 +219,14 @@ def main() -> None:
     # the budget curve comes after every run: an interrupted benchmark has its comparisons first
     curves = [
         arm_config(profile, out_root, name, seed)
-        for seed, name in ([] if args.no_curve else order)
+        for seed, name in order
         if f"{name}/seed{seed}" in results["runs"]
         and name in profile["seeded_arms"]
         and seed in profile["curve_seeds"]
     ]
-    budget_curve(results, curves, profile["probe_items"], path, lambda: _write(results, path, seeds))
+    _curve_rankings(results, curves)
+    if not args.no_curve:
+        budget_curve(results, curves, profile["probe_items"], path, lambda: _write(results, path, seeds))
     _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
     print(format_quality(results), flush=True)
 
@@ -244,10 +249,21 @@ def budget_curve(results: dict, configs: list, probe_items: int, path: Path, sav
             if key in results["curve"] or key in on_disk or not _claim(checkpoint):
                 continue
             try:
-                results["curve"][key] = probe(config, checkpoint, probe_items, True)["metrics"]
+                point = probe(config, checkpoint, probe_items, True)
+                results["curve"][key], results["curve_rankings"][key] = point["metrics"], point["rankings"]
                 save()
             finally:
                 (checkpoint / ".curve-claim").unlink(missing_ok=True)
+
+
+def _curve_rankings(results: dict, configs: list) -> None:
+    """Per-user rankings of the curve points measured before they were kept (from each checkpoint's probe cache)."""
+    for config in configs:
+        name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
+        for cache in (Path(config.output.output_dir) / "checkpoints-finetune").glob("checkpoint-*/quality_probe.json"):
+            key = f"{name}/seed{seed}/step{cache.parent.name.split('-')[1]}"
+            if key in results["curve"] and key not in results["curve_rankings"]:
+                results["curve_rankings"][key] = json.loads(cache.read_text())["rankings"]
 
 
 def _claim(checkpoint: Path) -> bool:
@@ -309,7 +325,7 @@ def _write(results: dict, path: Path, seeds: list[int]) -> None:
         if path.exists():
             on_disk = json.loads(path.read_text())
             if on_disk.get("settings", {}).get("overrides") == results["settings"]["overrides"]:
-                for key in ("runs", "curve"):
+                for key in ("runs", "curve", "curve_rankings"):
                     results[key] = {**on_disk.get(key, {}), **results[key]}
         for group in [*([s] for s in seeds), seeds]:
             pairs = [
@@ -322,6 +338,14 @@ def _write(results: dict, path: Path, seeds: list[int]) -> None:
                 comparison = compare(results, a, b, group)
                 if comparison is not None:
                     results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
+        for key, ranking in results.get("curve_rankings", {}).items():  # GTI against mean at each curve point
+            arm, seed, step = key.split("/")
+            mean = results["curve_rankings"].get(f"mean/{seed}/{step}")
+            if arm == "gti_mean" and mean is not None:
+                targets = {u: r["target"] for u, r in results["runs"][f"mean/{seed}"]["rankings"].items()}
+                hits_mean, hits_gti = (per_user_hits(r, targets, 10) for r in (mean, ranking))
+                difference = bootstrap_difference(hits_mean, hits_gti)
+                results["bootstrap"][f"gti_mean - mean ({seed}, {step})"] = {"seeds": [int(seed[4:])], **difference}
         partial = path.with_suffix(".json.partial")  # a reader never sees a half-written file
         partial.write_text(json.dumps(results, indent=2))
         os.replace(partial, path)

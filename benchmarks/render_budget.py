@@ -49,6 +49,18 @@ def _mean_recall(data: dict, arm: str) -> str:
     return f"{sum(r['metrics']['model']['recall@10'] for r in runs) / len(runs):.4f} ({len(runs)})"
 
 
+def _seed0_gap(step: int) -> str:
+    """recall@10 of GTI minus the mean start at one fine-tuning step, seed 0 (a run's end or a checkpoint)."""
+    for profile in PROFILES:
+        data = load_result(f"quality-{profile}") or {"bootstrap": {}, "runs": {}}
+        at_end = data["runs"].get("mean/seed0", {}).get("finetune", {}).get("steps") == step
+        found = data["bootstrap"].get(f"gti_mean - mean (seed0, step{step})")
+        found = found or (data["bootstrap"].get("gti_mean - mean (seeds 0)") if at_end else None)
+        if found:
+            return format_difference(found["recall@10"])
+    return "-"
+
+
 def budget_section() -> list[str]:
     """Markdown: GTI's lead per budget (paired bootstraps) and the recall@10 curve per run."""
     long = load_result("quality-cpu-long")
@@ -92,6 +104,8 @@ def budget_section() -> list[str]:
             continue
         cells = [f"{run[s]:.4f}" if s in run else "-" for s in steps]
         lines.append(f"| {ARMS[arm]}, seed {seed} | " + " | ".join(cells) + " |")
+    gaps = [_seed0_gap(step) for step in steps]
+    lines.append("| GTI - mean, seed 0 [95% CI] | " + " | ".join(gaps) + " |")
     matched = [(seed, run) for (arm, seed), run in points.items() if arm == "mean_compute_matched"]
     lines += [
         "",
