@@ -1,7 +1,11 @@
 """GTI against every baseline on MovieLens-100k, through the recipe's own code (one recipe run per arm and seed).
 
     .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, every arm
-    .venv/bin/python benchmarks/quality.py --profile cpu-long       # 5x the fine-tuning budget, 4 arms, ~3 h
+    .venv/bin/python benchmarks/quality.py --profile cpu-long       # 5x the fine-tuning budget, 4 arms, ~4 h
+    # ~2.5 h on 2 cores as 1-thread processes that share the results file and split the work, e.g.
+    #   OMP_NUM_THREADS=1 ... --profile cpu-long --arms gti_mean,gti_mix --no-curve
+    #   OMP_NUM_THREADS=1 ... --profile cpu-long --arms mean --no-curve, then --arms mean_compute_matched --no-curve
+    #   (it needs gti_mean seed 0's timings), then both: --arms gti_mean,mean (the curve; each claims its points)
     .venv/bin/python benchmarks/quality.py --profile gpu            # Qwen3-0.6B QLoRA, full budget
 
 Every arm shares the semantic IDs, data and fine-tuning budget; only `init`, grounding and continual grounding
@@ -46,7 +50,7 @@ PROFILES = {
         "probe_items": 150,
     },
     "cpu-long": {
-        # Does GTI's lead hold, grow or vanish with 5x the fine-tuning budget? ~3 h on 2 cores (AMX), resumable.
+        # Does GTI's lead hold, grow or vanish with 5x the fine-tuning budget? ~2.5 h on 2 cores (AMX), resumable.
         "config": "recipes/smollm2-135m/movielens.yaml",
         "seeds": [0, 1],
         "seeded_arms": ["mean", "gti_mean"],
