@@ -230,16 +230,17 @@ def main() -> None:
     ]
     _curve_rankings(results, curves)
     if not args.no_curve:
-        budget_curve(results, curves, profile["probe_items"], path, lambda: _write(results, path, seeds))
+        budget_curve(results, curves, profile["probe_items"], lambda: _write(results, path, seeds))
     _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
     print(format_quality(results), flush=True)
 
 
-def budget_curve(results: dict, configs: list, probe_items: int, path: Path, save) -> None:
+def budget_curve(results: dict, configs: list, probe_items: int, save) -> None:
     """Next-item metrics of the fine-tuning checkpoints of the runs in `configs` (step 0, grounded only, comes from
     the probe); `save()` after each point. Every run's middle checkpoint comes first, then the points farthest from
     those measured, the runs interleaved: an interrupted curve still spans the budget for every arm. Processes
-    sharing the results file at `path` split the points: each claims a point before measuring it."""
+    sharing a results file split the points: each claims a point before measuring it, and one another process
+    measured meanwhile comes back from its checkpoint's probe cache."""
     queues = []
     for config in configs:
         folder = Path(config.output.output_dir) / "checkpoints-finetune"
@@ -247,10 +248,8 @@ def budget_curve(results: dict, configs: list, probe_items: int, path: Path, sav
         queues.append([(config, step, steps[step]) for step in _spread_order(steps, config.finetune.max_steps)])
     for rank in range(max(map(len, queues), default=0)):
         for config, step, checkpoint in (q[rank] for q in queues if rank < len(q)):
-            name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
-            key = f"{name}/seed{seed}/step{step}"
-            on_disk = json.loads(path.read_text()).get("curve", {}) if path.exists() else {}
-            if key in results["curve"] or key in on_disk or not _claim(checkpoint):
+            key = f"{_run_key(config)}/step{step}"
+            if key in results["curve"] or not _claim(checkpoint):
                 continue
             try:
                 point = probe(config, checkpoint, probe_items, True)
@@ -263,11 +262,16 @@ def budget_curve(results: dict, configs: list, probe_items: int, path: Path, sav
 def _curve_rankings(results: dict, configs: list) -> None:
     """Per-user rankings of the curve points measured before they were kept (from each checkpoint's probe cache)."""
     for config in configs:
-        name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
         for cache in (Path(config.output.output_dir) / "checkpoints-finetune").glob("checkpoint-*/quality_probe.json"):
-            key = f"{name}/seed{seed}/step{cache.parent.name.split('-')[1]}"
+            key = f"{_run_key(config)}/step{cache.parent.name.split('-')[1]}"
             if key in results["curve"] and key not in results["curve_rankings"]:
                 results["curve_rankings"][key] = json.loads(cache.read_text())["rankings"]
+
+
+def _run_key(config) -> str:
+    """`arm/seedN` of a run, from its output folder (`<arm>-seed<N>`, as arm_config names it)."""
+    name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
+    return f"{name}/seed{seed}"
 
 
 def _claim(checkpoint: Path) -> bool:
