@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from environment import run_environment
 
-from gti_peft.offline_assets import MINILM, resolve
+from gti_peft.assets.offline import MINILM, resolve
 from gti_peft.recipe import load_recipe_config, run_recipe
 from gti_peft.recipe.config import EvalArgs
 from gti_peft.recipe.data import prompt_ids

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gti_peft.offline_assets import resolve
+from gti_peft.assets.offline import resolve
 from gti_peft.recsys.beam_search import constrained_beam_search, generate_baseline
 from gti_peft.recsys.trie import ItemTrie
 

@@ -24,7 +24,7 @@ import torch
 from environment import run_environment
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gti_peft.offline_assets import resolve
+from gti_peft.assets.offline import resolve
 from gti_peft.recsys.beam_search import constrained_beam_search
 from gti_peft.recsys.trie import ItemTrie
 

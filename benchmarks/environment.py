@@ -11,7 +11,7 @@ import peft
 import torch
 import transformers
 
-from gti_peft.precision import bf16_is_faster
+from gti_peft.training.precision import bf16_is_faster
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")

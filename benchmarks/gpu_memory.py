@@ -8,8 +8,9 @@ built on the GPU in bf16, saved once to `--folder` (nothing is downloaded), then
 quantization like a real QLoRA run. Each arm runs in a fresh subprocess: LoRA r=16 on all linear layers plus
 the 1,024 new rows (embedding and head: the base is untied), gradient checkpointing, batch 1 x 512 tokens (a
 quarter of them new ids), paged AdamW 8-bit on GPU. Reported: median step time and
-`torch.cuda.max_memory_allocated` / `max_memory_reserved`, next to `gti_peft.memory.estimate_training_memory`'s
-prediction for the GTI arm (and the residual). Without a GPU the 8B shape exits at once, saying so.
+`torch.cuda.max_memory_allocated` / `max_memory_reserved`, next to
+`gti_peft.training.memory.estimate_training_memory`'s prediction for the GTI arm (and the residual). Without a
+GPU the 8B shape exits at once, saying so.
 Result: benchmarks/results/gpu_memory.json.
 """
 
@@ -54,7 +55,7 @@ def child(arm: str, folder: Path, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from gti_peft import GTIConfig
-    from gti_peft.quantization import load_4bit_causal_lm
+    from gti_peft.training.quantization import load_4bit_causal_lm
 
     if CUDA:
         base = load_4bit_causal_lm(str(folder), compute_dtype=torch.bfloat16, device_map={"": 0})
@@ -111,7 +112,7 @@ def child(arm: str, folder: Path, steps: int) -> dict:
 
 def predict(shape: str) -> dict:
     """The memory model's breakdown (bytes) for the GTI arm's settings."""
-    from gti_peft.memory import estimate_training_memory
+    from gti_peft.training.memory import estimate_training_memory
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=2048, tie_word_embeddings=False)
     estimate = estimate_training_memory(

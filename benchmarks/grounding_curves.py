@@ -29,7 +29,7 @@ from gti_peft.recipe.data import load_data, semantic_ids_stage
 from gti_peft.recipe.evaluation import code_accuracy, title_to_id_hits
 from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
-from gti_peft.templates import PAPER_TEMPLATES
+from gti_peft.training.templates import PAPER_TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "grounding_curves.json"

@@ -71,7 +71,7 @@ def _base(quant: str, folder: Path, shape: dict | None = None, dtype=torch.bfloa
     from transformers import LlamaForCausalLM
 
     if quant == "4bit":
-        from gti_peft.quantization import load_4bit_causal_lm
+        from gti_peft.training.quantization import load_4bit_causal_lm
 
         return load_4bit_causal_lm(str(folder / "base"), compute_dtype=torch.bfloat16)
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def _adapter(arm: str, base, dropout: float = 0.0, r: int = RANK):
 
 
 def _train(model, batch: int, seq: int, steps: int = STEPS) -> float:
-    from gti_peft.training import answer_loss
+    from gti_peft.training.trainer import answer_loss
 
     vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model.get_input_embeddings(), "weight") else 0
     vocab = vocab or model.get_input_embeddings().base_weight.shape[0]
@@ -170,7 +170,7 @@ def setup(folder: Path, quant: str) -> None:
 
 
 def validate_child(index: int) -> dict:
-    from gti_peft.memory import estimate_training_memory
+    from gti_peft.training.memory import estimate_training_memory
 
     shape, batch, seq, dropout, checkpointing = VALIDATION_SHAPES[index]
     start = _reset_peak()

@@ -47,7 +47,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import gti_peft
-from gti_peft.offline_assets import smollm2_path
+from gti_peft.assets.offline import smollm2_path
 
 ARMS = ("lora", "trainable_tokens", "gti")
 LORA = {"r": 8, "lora_alpha": 32, "target_modules": "all-linear"}

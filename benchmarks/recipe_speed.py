@@ -24,13 +24,13 @@ from accelerate import PartialState
 from environment import run_environment
 from transformers import TrainerCallback, TrainingArguments
 
-from gti_peft.grounding import grounding_dataset, only_new_rows_trainable
-from gti_peft.precision import bf16_is_faster
 from gti_peft.recipe.config import load_recipe_config
 from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
 from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
-from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
+from gti_peft.training.grounding import grounding_dataset, only_new_rows_trainable
+from gti_peft.training.precision import bf16_is_faster
+from gti_peft.training.trainer import AnswerOnlyTrainer, answer_collator, answer_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"

@@ -35,12 +35,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from gti_peft import ground
-from gti_peft.precision import bf16_is_faster
 from gti_peft.recipe.config import load_recipe_config
 from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
 from gti_peft.recipe.model import build_model, load_base
 from gti_peft.recsys import grounding_pairs
-from gti_peft.training import AnswerOnlyTrainer, answer_collator, answer_loss
+from gti_peft.training.precision import bf16_is_faster
+from gti_peft.training.trainer import AnswerOnlyTrainer, answer_collator, answer_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,18 +1,17 @@
-"""Every private PEFT / accelerate symbol and every monkey-patch gti-peft relies on, in one module.
+"""Every private PEFT / accelerate name gti-peft relies on, and every patch target, as a checked list.
 
-Nothing else in gti-peft imports a private name of PEFT, transformers or accelerate, or patches them. Each entry of
-`PRIVATE_SYMBOLS` says what is used and checks that the installed version still has it in the form gti-peft needs;
-`tests/test_compat.py` runs every check, so an upgrade that moves or changes one fails naming it.
+The bottom layer: it imports nothing of gti-peft. Nothing else in gti-peft imports a private name of PEFT,
+transformers or accelerate. The patches themselves live where they are installed (`gti_peft.method.registration`,
+`gti_peft.sharing.patches`); their targets are checked here. Each entry of `PRIVATE_SYMBOLS` says what is used and
+checks that the installed version still has it in the form gti-peft needs; `tests/test_compat.py` runs every check,
+so an upgrade that moves or changes one fails naming it.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import peft
 import peft.peft_model
@@ -82,66 +81,6 @@ def release_from_accelerate(model) -> None:
         else:
             model.forward = original
     model.__dict__.pop(ACCELERATE_PREPARED_FLAG, None)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Patches of PEFT, installed once by `install_patches` (gti_peft.registration.register).
-
-
-def _never_save_full_embeddings(get_state_dict):
-    """PEFT's `save_embedding_layers="auto"` saves the WHOLE embedding and LM head once the vocabulary was
-    resized. A GTI adapter already holds the new rows, so for GTI "auto" means False (True is still honoured)."""
-    from .peft_type import PEFT_TYPE_GTI
-
-    @functools.wraps(get_state_dict)
-    def wrapper(model, *args, save_embedding_layers="auto", **kwargs):
-        adapter_name = kwargs.get("adapter_name", args[1] if len(args) > 1 else "default")
-        config = model.peft_config.get(adapter_name) if hasattr(model, "peft_config") else None
-        if save_embedding_layers == "auto" and config is not None and config.peft_type == PEFT_TYPE_GTI:
-            save_embedding_layers = False
-        return get_state_dict(model, *args, save_embedding_layers=save_embedding_layers, **kwargs)
-
-    wrapper.__gti_wrapped__ = True
-    return wrapper
-
-
-def _check_fit_first(from_pretrained):
-    """`PeftModel.from_pretrained(base, local_gti_folder)` first checks that the adapter fits the base (complete
-    files, hidden size, LoRA shapes, vocabulary), instead of a shape dump or a silent load onto another vocabulary."""
-    from .hub import check_adapter_fits
-
-    func = from_pretrained.__func__
-
-    @functools.wraps(func)
-    def wrapper(cls, model, model_id, *args, **kwargs):
-        folder = Path(str(model_id)) / kwargs.get("subfolder", "")
-        if (folder / "adapter_config.json").is_file() and kwargs.get("config") is None:
-            try:
-                is_gti = json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "GTI"
-            except ValueError:
-                is_gti = True  # check_adapter_fits names the corrupt file
-            if is_gti:
-                check_adapter_fits(model, folder)
-        return func(cls, model, model_id, *args, **kwargs)
-
-    wrapper.__gti_wrapped__ = True
-    return classmethod(wrapper)
-
-
-def install_patches() -> None:
-    """Idempotent: wrap `get_peft_model_state_dict` (as `peft.peft_model` calls it), `PeftModel.push_to_hub` (GTI
-    adapters go through `gti_peft.push_to_hub`) and `PeftModel.from_pretrained` (fit check first)."""
-    from .hub import guard_push_to_hub
-
-    # PeftModel.save_pretrained reads it from peft.peft_model; accelerate's FSDP checkpoints from `peft`
-    for module in (peft.peft_model, peft):
-        if not getattr(module.get_peft_model_state_dict, "__gti_wrapped__", False):
-            module.get_peft_model_state_dict = _never_save_full_embeddings(module.get_peft_model_state_dict)
-    model_cls = peft.peft_model.PeftModel
-    if not getattr(model_cls.push_to_hub, "__gti_wrapped__", False):
-        model_cls.push_to_hub = guard_push_to_hub(model_cls.push_to_hub)
-    if not getattr(model_cls.from_pretrained, "__gti_wrapped__", False):
-        model_cls.from_pretrained = _check_fit_first(model_cls.from_pretrained)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 python recipes/extend_catalog.py --adapter ADAPTER --new-items NEW.csv --output NEW_ADAPTER
 """
 
-from gti_peft.recsys.extend_cli import main
+from gti_peft.cli.extend_catalog import main
 
 if __name__ == "__main__":
     main()

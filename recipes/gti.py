@@ -1,4 +1,4 @@
-"""GTI recipe from a source checkout: the same as ``gti-peft train`` (``gti_peft/train_cli.py``).
+"""GTI recipe from a source checkout: the same as ``gti-peft train`` (``gti_peft/cli/train.py``).
 
     python recipes/gti.py --config recipes/smollm2-135m/movielens.yaml
     accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml \\

@@ -80,7 +80,7 @@ def batch():
 def tiny_run_files(tmp_path_factory):
     """A tiny Llama with the real SmolLM2 tokenizer, and a synthetic catalog + interaction log as CSV files."""
     root = tmp_path_factory.mktemp("recipe")
-    from gti_peft.offline_assets import smollm2_tokenizer
+    from gti_peft.assets.offline import smollm2_tokenizer
 
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)

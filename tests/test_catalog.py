@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from gti_peft import GTIConfig, add_new_tokens
-from gti_peft.hub import save_for_hub
-from gti_peft.offline_assets import MINILM, smollm2_tokenizer
+from gti_peft.assets.offline import MINILM, smollm2_tokenizer
+from gti_peft.cli.extend_catalog import main as extend_main
 from gti_peft.recipe.evaluation import item_trie
 from gti_peft.recsys import SemanticIDs, item_texts, load_items
 from gti_peft.recsys.catalog import extend_catalog
-from gti_peft.recsys.extend_cli import main as extend_main
+from gti_peft.sharing.hub import save_for_hub
 
 N_OLD = 20
 

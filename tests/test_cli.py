@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gti_peft.cli import SUBCOMMANDS, build_parser
-from gti_peft.train_cli import load_config, resolve_config, shipped_recipes
+from gti_peft.cli.train import load_config, resolve_config, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,13 +68,13 @@ def test_a_wheel_carries_the_recipes_and_runs_them_without_the_checkout(tmp_path
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         archive.extractall(tmp_path / "site")  # what `pip install --target` does with a pure-Python wheel
     for name in ("smollm2-135m/movielens", "smollm2-135m/wordnet", "llama-3.1-8b-instruct/wordnet_qlora"):
-        assert f"gti_peft/recipes/{name}.yaml" in names
+        assert f"gti_peft/configs/{name}.yaml" in names
     assert "gti-peft = gti_peft.cli:console" in entry_points
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     code = (
-        "import gti_peft; from gti_peft.train_cli import load_config, resolve_config;"
+        "import gti_peft; from gti_peft.cli.train import load_config, resolve_config;"
         "print(gti_peft.__file__); print(resolve_config('smollm2-135m/movielens'));"
         "task, config = load_config('smollm2-135m/movielens'); print(task, config.model.name_or_path)"
     )

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gti_peft.diagnostics import (
+from gti_peft.cli.diagnostics import build_parser, load_reference, report
+from gti_peft.training.diagnostics import (
     cosine_matrix,
     cosine_stats,
     effective_rank,
@@ -20,7 +21,6 @@ from gti_peft.diagnostics import (
     singular_values,
     summarize,
 )
-from gti_peft.diagnostics_cli import build_parser, load_reference, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +155,7 @@ def test_rsa_max_rows_subsamples_consistently():
 
 
 def test_nearest_old_tokens_finds_planted_copy(monkeypatch):
-    import gti_peft.diagnostics as diag
+    import gti_peft.training.diagnostics as diag
 
     monkeypatch.setattr(diag, "_CHUNK", 7)  # force several chunks
     old = torch.randn(50, 12, generator=_gen(14))

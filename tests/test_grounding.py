@@ -12,8 +12,8 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from gti_peft import GTIConfig, add_new_tokens, ground, new_token_parameters, new_token_rows
-from gti_peft.offline_assets import smollm2_tokenizer
-from gti_peft.templates import GroundingTemplate
+from gti_peft.assets.offline import smollm2_tokenizer
+from gti_peft.training.templates import GroundingTemplate
 
 TITLES = ["Toy Story", "Heat", "Casino", "Babe", "Clueless", "Apollo 13", "Braveheart", "Jumanji"]
 GENRES = ["Animation", "Action", "Crime", "Family", "Comedy", "Drama", "War", "Adventure"]
@@ -94,8 +94,8 @@ def test_fine_tuning_after_grounding_moves_lora_again(tokenizer_and_pairs):
 @pytest.mark.parametrize("ground_bf16", [True, False])
 def test_each_trainer_gets_its_own_precision_after_grounding(tokenizer_and_pairs, ground_bf16):
     """accelerate wraps a prepared model's forward for good; ground() must not leak its bf16 setting."""
-    from gti_peft.templates import encode_prompt_answer
-    from gti_peft.training import AnswerOnlyTrainer, answer_collator
+    from gti_peft.training.templates import encode_prompt_answer
+    from gti_peft.training.trainer import AnswerOnlyTrainer, answer_collator
 
     tokenizer, tokens, pairs = tokenizer_and_pairs
     model = tiny_gti(tokenizer, tokens)
@@ -124,8 +124,8 @@ def test_each_trainer_gets_its_own_precision_after_grounding(tokenizer_and_pairs
 
 
 def test_answer_only_loss_matches_the_full_model_loss(tokenizer_and_pairs):
-    from gti_peft.templates import encode_prompt_answer
-    from gti_peft.training import answer_collator, answer_loss
+    from gti_peft.training.templates import encode_prompt_answer
+    from gti_peft.training.trainer import answer_collator, answer_loss
 
     tokenizer, tokens, _ = tokenizer_and_pairs
     model = tiny_gti(tokenizer, tokens).eval()
@@ -179,7 +179,7 @@ def test_grounding_refuses_another_models_tokenizer_before_training():
     from peft import get_peft_model
 
     from gti_peft import GTIConfig, ground
-    from gti_peft.offline_assets import smollm2_tokenizer
+    from gti_peft.assets.offline import smollm2_tokenizer
 
     model = get_peft_model(tiny_llama(), GTIConfig(new_token_ids=NEW_IDS, r=2, target_modules=["q_proj"]))
     before = snapshot(model)

@@ -20,10 +20,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, 
 
 import gti_peft
 from gti_peft import GTIConfig, add_new_tokens
-from gti_peft.hub import check_adapter_fits, export_for_peft, guard_push_to_hub, save_for_hub, save_merged
-from gti_peft.offline_assets import smollm2_tokenizer
+from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.recsys.beam_search import constrained_beam_search
 from gti_peft.recsys.trie import ItemTrie
+from gti_peft.sharing.hub import check_adapter_fits, export_for_peft, save_for_hub, save_merged
+from gti_peft.sharing.patches import _push_gti_through_gti_peft
 
 VOCAB = 49152  # the SmolLM2 tokenizer's size: tiny models share its vocabulary
 TOKENS = [f"<a_{i}>" for i in range(4)] + [f"<b_{i}>" for i in range(4)]
@@ -150,8 +151,10 @@ def test_push_to_hub_hands_over_exactly_the_saved_folder(bases, tokenizer, tmp_p
 def test_model_push_to_hub_is_routed_through_gti(bases, tokenizer, monkeypatch):
     model = gti_model(bases, tied=True)
     seen = []
-    monkeypatch.setattr(gti_peft.hub, "push_to_hub", lambda m, tok, repo, **kw: seen.append((m, tok, repo, kw)))
-    guarded = guard_push_to_hub(lambda self, repo_id, **kw: ("original", repo_id, kw))
+    monkeypatch.setattr(
+        gti_peft.sharing.hub, "push_to_hub", lambda m, tok, repo, **kw: seen.append((m, tok, repo, kw))
+    )
+    guarded = _push_gti_through_gti_peft(lambda self, repo_id, **kw: ("original", repo_id, kw))
     with pytest.raises(TypeError, match="tokenizer="):
         guarded(model, REPO)  # PEFT's own upload would carry no tokenizer and a generic card
     with pytest.raises(TypeError, match="max_shard_size"):
@@ -304,7 +307,7 @@ def test_saved_folders_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from gti_peft.saving import write_folder_atomically
+    from gti_peft.sharing.saving import write_folder_atomically
 
     def write(folder):
         (folder / "adapter_config.json").write_text("{}")

@@ -7,7 +7,7 @@ from conftest import NEW_IDS, VOCAB, tiny_llama
 from peft import get_peft_model
 
 from gti_peft import GTIConfig, description_token_ids, new_token_rows
-from gti_peft.init import OldIds, initial_rows
+from gti_peft.method.init import OldIds, initial_rows
 
 
 def rows_for(init, tied=True, **kwargs):

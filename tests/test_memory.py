@@ -10,10 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM
 
 from gti_peft import GTIConfig
-from gti_peft.init import CHUNK_ROWS, OldIds, initial_rows, old_mean
-from gti_peft.memory import device_memory, estimate_training_memory
+from gti_peft.method.init import CHUNK_ROWS, OldIds, initial_rows, old_mean
 from gti_peft.recipe.config import DataArgs, ModelArgs, RecipeConfig, TrainStageArgs
 from gti_peft.recipe.memory_check import check_recipe_memory
+from gti_peft.training.memory import device_memory, estimate_training_memory
 
 
 class LargestFloat32(TorchDispatchMode):

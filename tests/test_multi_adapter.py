@@ -13,7 +13,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from gti_peft import GTIConfig, GTIModel
-from gti_peft.layer import NewTokenLayer
+from gti_peft.method.layer import NewTokenLayer
 
 ROWS = VOCAB + 6  # the base is resized once; every adapter's ids fit in it
 IDS = {"default": [120, 121, 122], "b": [123, 124, 125], "c": [122, 123]}  # c overlaps both

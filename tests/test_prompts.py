@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gti_peft import add_new_tokens
-from gti_peft.offline_assets import smollm2_tokenizer
-from gti_peft.templates import IGNORE_INDEX, PROMPT_STYLES, encode_prompt, encode_prompt_answer
+from gti_peft.assets.offline import smollm2_tokenizer
+from gti_peft.training.templates import IGNORE_INDEX, PROMPT_STYLES, encode_prompt, encode_prompt_answer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from conftest import NEW_IDS, VOCAB
 from peft import get_peft_model
 
 from gti_peft import GTIConfig, new_token_parameters
-from gti_peft.quantization import guard_cpu_4bit_training, load_4bit_causal_lm
+from gti_peft.training.quantization import guard_cpu_4bit_training, load_4bit_causal_lm
 
 bnb = pytest.importorskip("bitsandbytes")
 IDS = torch.tensor([[1, 5, 120, 7, 123, 2, 125, 9]])

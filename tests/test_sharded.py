@@ -198,7 +198,7 @@ def _torch_fsdp_worker(model_dir: Path, out: Path) -> None:
     import torch.distributed as dist
 
     from gti_peft import save_for_hub
-    from gti_peft.training import copy_trained_parameters
+    from gti_peft.training.fsdp import copy_trained_parameters
 
     dist.init_process_group("gloo")
     rank, results = dist.get_rank(), {}

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_llama
 
 from gti_peft import add_new_tokens
-from gti_peft.offline_assets import smollm2_tokenizer
+from gti_peft.assets.offline import smollm2_tokenizer
 
 
 @pytest.fixture

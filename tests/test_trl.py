@@ -10,12 +10,12 @@ from peft import PeftModel, get_peft_model
 from transformers import LlamaForCausalLM
 
 from gti_peft import GTIConfig, add_new_tokens, ground
-from gti_peft.offline_assets import smollm2_tokenizer
+from gti_peft.assets.offline import smollm2_tokenizer
 
 pytest.importorskip("trl")
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
-from gti_peft.sft import GTISFTTrainer  # noqa: E402
+from gti_peft.training.sft import GTISFTTrainer  # noqa: E402
 
 TOKENS = ["<obdurate>", "<pneumatic>", "<trichromatic>", "<noncommittal>"]
 GLOSSES = ["stubbornly persistent", "using air", "having three colors", "refusing to bind oneself"]

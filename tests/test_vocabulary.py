@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from gti_peft.cli.train import load_config
 from gti_peft.recipe.vocabulary import run_vocabulary
 from gti_peft.recipe.vocabulary_config import build_vocabulary_config
 from gti_peft.recipe.vocabulary_data import load_vocabulary_data
-from gti_peft.train_cli import load_config
 
 PAIRS = [
     ("<obdurate>", "stubbornly persistent in wrongdoing"),
@@ -118,8 +118,8 @@ def test_bad_vocabulary_yaml_fails_naming_the_key(values, match):
 
 
 def test_wordnet_rare_words_become_tokens_with_glosses_and_examples():
-    from gti_peft.offline_assets import wordnet_dir
-    from gti_peft.wordnet import rare_word_vocabulary
+    from gti_peft.assets.offline import wordnet_dir
+    from gti_peft.assets.wordnet import rare_word_vocabulary
 
     table, corpus = rare_word_vocabulary(wordnet_dir(), 30, seed=0)
     assert len(table) == 30 and len({row["token"] for row in table}) == 30

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import INIT_METHODS
-from ..precision import AUTO
+from ..method.config import INIT_METHODS
 from ..recsys.quantizers import METHODS as SEMANTIC_ID_METHODS
-from ..templates import DEFAULT_TEMPLATES, PROMPT_STYLES
+from ..training.precision import AUTO
+from ..training.templates import DEFAULT_TEMPLATES, PROMPT_STYLES
 
 STAGES = ("ground", "finetune", "evaluate")
 
@@ -78,7 +78,7 @@ class AdapterArgs:
 
     def gti_config(self, new_token_ids: list[int], description_token_ids: list[list[int]] | None = None):
         """The `GTIConfig` these settings describe, for `new_token_ids`."""
-        from ..config import GTIConfig
+        from ..method.config import GTIConfig
 
         return GTIConfig(
             new_token_ids=new_token_ids,
@@ -110,7 +110,7 @@ _STAGE_COMMON = {
 class TrainStageArgs:
     """A training stage: the recipe's own keys below, plus ANY `transformers.TrainingArguments` field (e.g.
     `max_steps`, `learning_rate`, `per_device_train_batch_size`, `bf16`), validated by `TrainingArguments` itself.
-    `bf16: auto` trains in bf16 only where this device runs it faster than fp32 (`gti_peft.precision`)."""
+    `bf16: auto` trains in bf16 only where this device runs it faster than fp32 (`gti_peft.training.precision`)."""
 
     templates: list[str] | None = field(
         default=None, metadata={"help": "Grounding only: names of the templates to ground with (default: all)."}

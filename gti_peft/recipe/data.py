@@ -9,8 +9,7 @@ from pathlib import Path
 from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 
-from ..grounding import grounding_dataset
-from ..init import description_token_ids
+from ..method.init import description_token_ids
 from ..recsys import (
     SemanticIDs,
     grounding_pairs,
@@ -23,7 +22,8 @@ from ..recsys import (
     training_examples,
     user_histories,
 )
-from ..templates import DEFAULT_TEMPLATES, encode_prompt, encode_prompt_answer, render_examples
+from ..training.grounding import grounding_dataset
+from ..training.templates import DEFAULT_TEMPLATES, encode_prompt, encode_prompt_answer, render_examples
 from .config import RecipeConfig
 
 SID_FILE = "semantic_ids.safetensors"

@@ -1,20 +1,20 @@
 """Evaluation of a recommender LM: next-item ranking by constrained beam search, and title -> ID lookups.
 
-Prompts are encoded exactly as in training (`gti_peft.templates.encode_prompt`), and semantic IDs travel as token
-lists (`SemanticIDs.token_lists()`), never as strings split again.
+Prompts are encoded exactly as in training (`gti_peft.training.templates.encode_prompt`), and semantic IDs
+travel as token lists (`SemanticIDs.token_lists()`), never as strings split again.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..precision import resolve_bf16
-from ..quantization import guard_cpu_4bit_training
 from ..recsys import evaluate_rankings, popularity_ranking
 from ..recsys.beam_search import constrained_beam_search
 from ..recsys.trie import ItemTrie
-from ..templates import PAPER_TEMPLATES, encode_prompt, encode_prompt_answer
-from ..training import answer_collator, answer_logits_and_targets
+from ..training.precision import resolve_bf16
+from ..training.quantization import guard_cpu_4bit_training
+from ..training.templates import PAPER_TEMPLATES, encode_prompt, encode_prompt_answer
+from ..training.trainer import answer_collator, answer_logits_and_targets
 
 TITLE_TO_TOKENS = next(t for t in PAPER_TEMPLATES if t.name == "title_to_tokens")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .. import offline_assets
-from ..memory import GB, MemoryEstimate, device_memory, estimate_training_memory
+from ..assets import offline as offline_assets
+from ..training.memory import GB, MemoryEstimate, device_memory, estimate_training_memory
 from .config import RecipeConfig
 
 ANSWER_TOKENS = 32  # labelled tokens per example assumed for the logits (semantic IDs, titles, descriptions)

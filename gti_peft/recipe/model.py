@@ -8,10 +8,10 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .. import offline_assets
-from ..quantization import guard_cpu_4bit_training, load_4bit_causal_lm
+from ..assets import offline as offline_assets
+from ..method.tokens import add_new_tokens
 from ..recsys import SemanticIDs
-from ..tokens import add_new_tokens
+from ..training.quantization import guard_cpu_4bit_training, load_4bit_causal_lm
 from .config import RecipeConfig
 from .data import RecData, code_descriptions
 

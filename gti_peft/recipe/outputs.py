@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 
-from .. import diagnostics
-from ..hub import push_to_hub, update_card
-from ..model import new_token_rows
+from ..method.model import new_token_rows
+from ..sharing.hub import push_to_hub, update_card
+from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 
 

@@ -9,8 +9,8 @@ import torch
 from accelerate import PartialState
 from transformers import set_seed
 
-from .. import diagnostics
-from ..hub import save_for_hub
+from ..sharing.hub import save_for_hub
+from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 from .data import SID_FILE, check_grounding_mix, load_data, semantic_ids_stage
 from .memory_check import check_recipe_memory

@@ -9,10 +9,10 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..grounding import ground
-from ..precision import resolve_bf16
 from ..recsys import SemanticIDs, format_metrics_table, grounding_pairs
-from ..training import AnswerOnlyTrainer, answer_collator
+from ..training.grounding import ground
+from ..training.precision import resolve_bf16
+from ..training.trainer import AnswerOnlyTrainer, answer_collator
 from .config import RecipeConfig, TrainStageArgs
 from .data import RecData, finetune_dataset, grounding_templates, prompt_ids
 from .evaluation import evaluate_next_item

@@ -20,14 +20,15 @@ from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 
-from .. import diagnostics, offline_assets
-from ..grounding import ground
-from ..hub import save_for_hub
-from ..init import description_token_ids
+from ..assets import offline as offline_assets
+from ..method.init import description_token_ids
+from ..method.tokens import add_new_tokens
 from ..recsys.metrics import paired_bootstrap
-from ..templates import IGNORE_INDEX, TEXT_TEMPLATES, encode_prompt_answer
-from ..tokens import add_new_tokens
-from ..training import AnswerOnlyTrainer, answer_collator
+from ..sharing.hub import save_for_hub
+from ..training import diagnostics
+from ..training.grounding import ground
+from ..training.templates import IGNORE_INDEX, TEXT_TEMPLATES, encode_prompt_answer
+from ..training.trainer import AnswerOnlyTrainer, answer_collator
 from .config import recipe_to_dict
 from .model import load_base
 from .outputs import prepare_output_dir

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import INIT_METHODS
-from ..templates import TEXT_TEMPLATES
+from ..method.config import INIT_METHODS
+from ..training.templates import TEXT_TEMPLATES
 from .config import STAGES, AdapterArgs, ModelArgs, OutputArgs, TrainStageArgs, _build, _stage, validate_training_args
 
 SOURCES = ("files", "wordnet")

@@ -118,8 +118,8 @@ def split_corpus(texts: list[str], heldout_fraction: float, seed: int) -> tuple[
 def load_vocabulary_data(args) -> VocabularyData:
     """Read and check the table and the corpus of `args` (a `VocabularyDataArgs`)."""
     if args.source == "wordnet":
-        from ..offline_assets import wordnet_dir
-        from ..wordnet import rare_word_vocabulary
+        from ..assets.offline import wordnet_dir
+        from ..assets.wordnet import rare_word_vocabulary
 
         table, corpus = rare_word_vocabulary(wordnet_dir(), args.wordnet_words, seed=args.seed)
         tokens, texts = [row["token"] for row in table], [row["text"] for row in table]

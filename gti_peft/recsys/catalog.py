@@ -21,7 +21,7 @@ from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..saving import write_folder_atomically
+from ..sharing.saving import write_folder_atomically
 from .data import grounding_pairs, item_texts, load_items
 from .semantic_ids import SAVE_NAME, SemanticIDs, embed_texts
 
@@ -71,7 +71,7 @@ def _items_table(table, name: str, item_column: str, title_column: str, descript
 
 
 def _templates(names: list[str] | None) -> tuple:
-    from ..templates import DEFAULT_TEMPLATES
+    from ..training.templates import DEFAULT_TEMPLATES
 
     known = {t.name: t for t in DEFAULT_TEMPLATES}
     unknown = [n for n in names or [] if n not in known]
@@ -125,7 +125,7 @@ def _check_new_items(table: Dataset, sids: SemanticIDs) -> list[str]:
 
 def _check_grounding_settings(style: str | None, batch_size, learning_rate, max_length) -> None:
     """The grounding pass's own settings, checked before any file is written or model loaded."""
-    from ..templates import PROMPT_STYLES
+    from ..training.templates import PROMPT_STYLES
 
     if style is not None and style not in PROMPT_STYLES:
         raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES} (or None: the adapter's own), got {style!r}.")
@@ -194,7 +194,7 @@ def _write_files(plan: _Plan, tmp: Path, new_row_init: str) -> list[int]:
     """Copy the adapter into `tmp` with the new tokens added to the tokenizer, config, rows and semantic IDs."""
     from transformers import AutoTokenizer
 
-    from ..tokens import add_new_tokens
+    from ..method.tokens import add_new_tokens
 
     for path in plan.source.iterdir():
         if path.is_file():
@@ -242,9 +242,9 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..grounding import ground
-    from ..hub import save_for_hub
-    from ..offline_assets import resolve
+    from ..assets.offline import resolve
+    from ..sharing.hub import save_for_hub
+    from ..training.grounding import ground
 
     config = json.loads((staging / CONFIG).read_text())
     base_name = base_model or config.get("base_model_name_or_path")
@@ -306,7 +306,7 @@ def extend_catalog(
             trained rows (`mean`).
         templates: Names of the grounding templates (default: all of `DEFAULT_TEMPLATES`).
         learning_rate, batch_size, max_length, seed: Grounding settings.
-        prompt_style: How grounding prompts are tokenized (`gti_peft.templates.PROMPT_STYLES`); default: the
+        prompt_style: How grounding prompts are tokenized (`gti_peft.training.templates.PROMPT_STYLES`); default: the
             style the adapter was grounded with (recorded in its config), else `"chat"`.
         overwrite: Replace an existing `out_folder`.
 

@@ -16,7 +16,7 @@ from typing import TypedDict
 
 from datasets import Dataset
 
-from ..offline_assets import movielens_100k_dir
+from ..assets.offline import movielens_100k_dir
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..offline_assets import resolve
+from ..assets.offline import resolve
 from .quantizers import (
     METHODS,
     Projection,

@@ -8,7 +8,7 @@ import torch
 from peft import LoraModel
 from torch import nn
 
-from .compat import check_target_module_exists, get_submodules
+from ..compat import check_target_module_exists, get_submodules
 from .config import GTIConfig
 from .init import OldIds, initial_bias, initial_rows, old_mean
 from .layer import NewTokenEmbedding, NewTokenLayer, NewTokenLMHead, check_disjoint_new_tokens

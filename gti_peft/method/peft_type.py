@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .compat import extend_peft_type
+from ..compat import extend_peft_type
 
 PEFT_TYPE_GTI = extend_peft_type("GTI")

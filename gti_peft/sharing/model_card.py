@@ -10,8 +10,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .layer import NewTokenEmbedding, NewTokenLMHead
-from .offline_assets import cache_dir
+from ..assets.offline import cache_dir
+from ..method.layer import NewTokenEmbedding, NewTokenLMHead
 
 TAGS = ["gti", "lora", "new-tokens", "peft"]
 _MAX_ROWS = 40

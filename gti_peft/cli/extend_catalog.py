@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Extend the catalog as `args` say; print and return the report."""
-    from .catalog import extend_catalog
+    from ..recsys.catalog import extend_catalog
 
     report = extend_catalog(
         args.adapter,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .diagnostics import (
+from ..training.diagnostics import (
     Rows,
     _sample,
     format_table,
@@ -33,7 +33,7 @@ def load_rows(adapter_dir: str, base_model: str | None = None) -> tuple[list[int
 
     import gti_peft  # registers the GTI method with PEFT
 
-    from .offline_assets import resolve  # `offline:*` asset names
+    from ..assets.offline import resolve  # `offline:*` asset names
 
     if base_model is None:
         config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())

@@ -15,9 +15,9 @@ import sys
 
 # subcommand -> module exposing add_arguments(parser) and run(args)
 SUBCOMMANDS = {
-    "train": "gti_peft.train_cli",
-    "diagnostics": "gti_peft.diagnostics_cli",
-    "extend-catalog": "gti_peft.recsys.extend_cli",
+    "train": "gti_peft.cli.train",
+    "diagnostics": "gti_peft.cli.diagnostics",
+    "extend-catalog": "gti_peft.cli.extend_catalog",
 }
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .compat import BufferDict, embed_scale
+from ..compat import BufferDict, embed_scale
 
 
 def _rows_dtype(weight: torch.Tensor) -> torch.dtype:

@@ -19,7 +19,7 @@ TASKS = ("recommendation", "vocabulary")
 
 def shipped_recipes() -> list[str]:
     """Names of the recipe YAMLs inside the installed package, e.g. `smollm2-135m/movielens`."""
-    root = resources.files("gti_peft") / "recipes"
+    root = resources.files("gti_peft") / "configs"
     if not root.is_dir():
         return []
     return sorted(
@@ -37,7 +37,7 @@ def resolve_config(name_or_path: str) -> Path:
     if path.is_file():
         return path
     name = name_or_path[: -len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
-    packaged = resources.files("gti_peft") / "recipes" / f"{name}.yaml"
+    packaged = resources.files("gti_peft") / "configs" / f"{name}.yaml"
     if packaged.is_file():
         return Path(str(packaged))
     raise FileNotFoundError(
@@ -53,19 +53,19 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
     if not isinstance(values, dict):
         raise ValueError(f"--config {name_or_path!r} must hold a mapping of sections, got {type(values).__name__}.")
     if "task" not in values:  # the recommendation recipe's own loader, as recipes/gti.py always used
-        from .recipe.config import load_recipe_config
+        from ..recipe.config import load_recipe_config
 
         return "recommendation", load_recipe_config(path, overrides)
-    from .recipe.config import apply_overrides
+    from ..recipe.config import apply_overrides
 
     task = values.pop("task")
     if task not in TASKS:
         raise ValueError(f"task: {task!r} in {path.name} is not a recipe; choose one of {list(TASKS)}.")
     if task == "vocabulary":
-        from .recipe.vocabulary_config import build_vocabulary_config
+        from ..recipe.vocabulary_config import build_vocabulary_config
 
         return task, build_vocabulary_config(apply_overrides(values, overrides or []), path.name)
-    from .recipe.config import RecipeConfig, _build
+    from ..recipe.config import RecipeConfig, _build
 
     return task, _build(RecipeConfig, apply_overrides(values, overrides or []), path.name)
 
@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> dict:
     task, config = load_config(args.config, args.overrides)  # every config error surfaces before any loading
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if task == "vocabulary":
-        from .recipe.vocabulary import run_vocabulary
+        from ..recipe.vocabulary import run_vocabulary
 
         return run_vocabulary(config)
-    from .recipe import run_recipe
+    from ..recipe import run_recipe
 
     return run_recipe(config)

@@ -258,7 +258,7 @@ def summarize_model(model, reference: Rows | None = None, n_old: int = 1000, see
     `reference` rows line up with the first `len(reference)` new tokens (e.g. a quantizer's codebook vectors:
     tokens without one, such as disambiguation codes, come last and are left out of RSA only).
     """
-    from .model import new_token_rows
+    from ..method.model import new_token_rows
 
     ids, rows, _ = new_token_rows(model)
     weight = model.get_input_embeddings().base_weight.detach()

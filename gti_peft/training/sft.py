@@ -20,9 +20,9 @@ import contextlib
 from peft import PeftModel
 from trl import SFTTrainer
 
-from .layer import NewTokenLMHead
-from .model import new_token_parameters
-from .training import AnswerOnlyTrainer
+from ..method.layer import NewTokenLMHead
+from ..method.model import new_token_parameters
+from .trainer import AnswerOnlyTrainer
 
 
 @contextlib.contextmanager
