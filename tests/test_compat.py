@@ -14,8 +14,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 import gti_peft
 from gti_peft import compat
-from gti_peft.model import GTIModel
-from gti_peft.peft_type import PEFT_TYPE_GTI
+from gti_peft.method.model import GTIModel
+from gti_peft.method.peft_type import PEFT_TYPE_GTI
 
 PACKAGE = Path(gti_peft.__file__).parent
 # names that only gti_peft/compat.py may use
@@ -28,10 +28,13 @@ PRIVATE_NAMES = [
     "_original_forward",
     "_is_accelerate_prepared",
     "extend_enum",
-    "PeftModel.from_pretrained =",
-    "PeftModel.push_to_hub =",
-    "get_peft_model_state_dict =",
 ]
+# patches of PEFT: each only in the module that installs it (its target is checked in compat.PRIVATE_SYMBOLS)
+PATCHES = {
+    ".from_pretrained = ": "sharing/patches.py",
+    ".push_to_hub = ": "sharing/patches.py",
+    ".get_peft_model_state_dict = ": "method/registration.py",
+}
 
 
 @pytest.mark.parametrize("symbol", list(compat.PRIVATE_SYMBOLS))
@@ -50,7 +53,7 @@ def test_a_changed_symbol_is_reported_by_name(monkeypatch):
         compat._private("peft.utils", "_no_such_helper")
 
 
-def test_no_module_but_compat_uses_private_names_or_patches():
+def test_no_module_but_compat_uses_private_names_and_each_patch_lives_in_one_place():
     offenders = {
         f"{path.relative_to(PACKAGE)}: {name}"
         for path in PACKAGE.rglob("*.py")
@@ -58,7 +61,15 @@ def test_no_module_but_compat_uses_private_names_or_patches():
         for name in PRIVATE_NAMES
         if name in path.read_text()
     }
+    offenders |= {
+        f"{path.relative_to(PACKAGE)}: {patch}"
+        for path in PACKAGE.rglob("*.py")
+        for patch, owner in PATCHES.items()
+        if patch in path.read_text() and path.relative_to(PACKAGE).as_posix() != owner
+    }
     assert offenders == set()
+    for patch, owner in PATCHES.items():
+        assert patch in (PACKAGE / owner).read_text(), f"{owner} no longer installs `{patch}`: update PATCHES"
 
 
 class _PrefixesCheckedByValue(dict):

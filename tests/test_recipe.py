@@ -11,13 +11,17 @@ from conftest import tiny_yaml
 from gti_peft.recipe import RecipeConfig, load_recipe_config, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "gti_peft" / "recipes").glob("*/*.yaml"))  # recipes/<model> link to these
+RECIPES = sorted((ROOT / "gti_peft" / "configs").glob("*/*.yaml"))  # recipes/<model> link to these
+
+
+def test_the_shipped_recipes_are_found():
+    assert len(RECIPES) >= 5, "no recipe YAMLs found: the parametrized test below would run on nothing"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_recipe_parses_and_opens_with_its_command(path):
+    from gti_peft.cli.train import load_config
     from gti_peft.recipe.vocabulary_config import VocabularyConfig
-    from gti_peft.train_cli import load_config
 
     task, config = load_config(str(path))
     assert isinstance(config, {"recommendation": RecipeConfig, "vocabulary": VocabularyConfig}[task])
@@ -127,7 +131,7 @@ def test_evaluation_runs_at_the_precision_evaluation_bf16_names(bf16):
     from transformers import LlamaForCausalLM
 
     from gti_peft import add_new_tokens
-    from gti_peft.offline_assets import smollm2_tokenizer
+    from gti_peft.assets.offline import smollm2_tokenizer
     from gti_peft.recipe.config import EvalArgs
     from gti_peft.recipe.evaluation import evaluate_next_item
 
