@@ -1,4 +1,4 @@
-"""README's headline table: GTI, mean, compute-matched mean, SASRec, BPR and popularity on the same test users.
+"""The headline table (README, docs/results.md): GTI, mean, compute-matched mean, SASRec, BPR, popularity, same users.
 
 Reads `results/quality-<profile>.json` (the LM arms, per-user rankings per seed) and `results/classical_baselines.json`
 (SASRec, BPR and popularity from cornac on the same leave-one-out split). Each row's difference to the mean start

@@ -1,4 +1,4 @@
-"""README's budget curve: GTI and the mean start from 0 to 5x the recipe's fine-tuning steps.
+"""The budget curve in docs/results.md: GTI and the mean start from 0 to 5x the recipe's fine-tuning steps.
 
 Joins `results/quality-cpu.json` (100 fine-tuning steps) and `results/quality-cpu-long.json` (500 steps, checkpoints
 every 100). Fine-tuning runs a constant schedule after warmup with the same seed and data order in both profiles, so

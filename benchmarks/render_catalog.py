@@ -1,4 +1,4 @@
-"""README's "Growing catalogs" tables from results/cold_start.json and results/semantic_id_recall.json."""
+"""docs/catalogs.md's "Growing catalogs" tables from results/cold_start.json and results/semantic_id_recall.json."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Render README's "Results" section from benchmarks/results/*.json (no hand-typed numbers).
+"""Render the result tables from benchmarks/results/*.json (no hand-typed numbers).
 
-.venv/bin/python benchmarks/render_results.py          # rewrites the block between the RESULTS markers
+.venv/bin/python benchmarks/render_results.py          # rewrites the blocks between the markers below
+
+docs/results.md: RESULTS; docs/catalogs.md: SID-RECALL, COLD-START; README.md: HEADLINE.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from render_catalog import cold_start, load_result, semantic_id_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
+RESULTS_PAGE, CATALOGS_PAGE, README = ROOT / "docs" / "results.md", ROOT / "docs" / "catalogs.md", ROOT / "README.md"
 
 
 def quality() -> list[str]:
@@ -357,7 +360,7 @@ def headline_section() -> list[str]:
         steps = other["runs"]["mean/seed0"]["finetune"]["steps"]
         lines.append(
             f"At {steps} fine-tuning steps GTI's recall@10 minus the mean start's is "
-            f"{format_difference(gap['recall@10'])} (seeds 0,1): the budget table below has both budgets."
+            f"{format_difference(gap['recall@10'])} (seeds 0,1): the budget table in docs/results.md has both budgets."
         )
         lines.append("")
     return ["### Headline: GTI against the mean start and classical recommenders", *lines]
@@ -376,7 +379,9 @@ def _best_gti_recall(profile: str) -> float:
 def replace_block(readme: str, name: str, lines: list[str]) -> str:
     """Rewrite the text between `<!-- NAME:START -->` and `<!-- NAME:END -->` (kept as is when `lines` is empty)."""
     start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
-    if not lines or start not in readme:
+    if start not in readme or end not in readme:
+        raise ValueError(f"no {start} ... {end} markers in the page to render into: restore them")
+    if not lines:
         return readme
     before, rest = readme.split(start, 1)
     return before + "\n".join([start, *lines, end]) + rest.split(end, 1)[1]
@@ -396,16 +401,17 @@ def main() -> None:
         grounding_curves(),
     ]
     body = [START, "## Results", "", *[line for section in sections for line in section], END]
-    readme = (ROOT / "README.md").read_text()
+    page = RESULTS_PAGE.read_text()
     block = "\n".join(body)
-    if START in readme:
-        before, rest = readme.split(START, 1)
-        readme = before + block + rest.split(END, 1)[1]
+    if START in page:
+        before, rest = page.split(START, 1)
+        page = before + block + rest.split(END, 1)[1]
     else:
-        readme = readme.replace("\n## Fault log", f"\n{block}\n\n## Fault log", 1)
-    readme = replace_block(readme, "COLD-START", cold_start())
-    readme = replace_block(readme, "SID-RECALL", semantic_id_recall())
-    (ROOT / "README.md").write_text(readme)
+        page = f"{page.rstrip()}\n\n{block}\n"
+    RESULTS_PAGE.write_text(page)
+    catalogs = replace_block(CATALOGS_PAGE.read_text(), "COLD-START", cold_start())
+    CATALOGS_PAGE.write_text(replace_block(catalogs, "SID-RECALL", semantic_id_recall()))
+    README.write_text(replace_block(README.read_text(), "HEADLINE", headline_section()))
 
 
 if __name__ == "__main__":
