@@ -133,17 +133,39 @@ def test_lm_head_bias_is_kept_trained_and_merged(batch):
         torch.testing.assert_close(merged(input_ids=batch["input_ids"]).logits, expected, rtol=0, atol=1e-5)
 
 
-def test_gradient_checkpointing_trains_rows(batch):
-    base = tiny_llama(True)
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+def _row_gradients(tied: bool, batch: dict, checkpointing: bool) -> list[torch.Tensor]:
+    """The new-token parameters' gradients after one backward pass (reentrant checkpointing if asked)."""
+    base = tiny_llama(tied)
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model = gti(base)
     model.enable_input_require_grads()
     model.train()
+    torch.manual_seed(0)
     model(**batch).loss.backward()
-    rows = new_token_parameters(model)[0]
-    assert rows.grad is not None and rows.grad.abs().sum() > 0
-    # rows of new ids absent from the batch get no gradient
-    assert rows.grad[NEW_IDS.index(125)].abs().sum() > 0
+    return [p.grad for p in new_token_parameters(model)]
+
+
+def test_gradient_checkpointing_trains_rows(batch):
+    rows_grad = _row_gradients(True, batch, checkpointing=True)[0]
+    assert rows_grad is not None and rows_grad.abs().sum() > 0
+    # a new id in the batch gets a gradient (tied: from the embedding and the head)
+    assert rows_grad[NEW_IDS.index(125)].abs().sum() > 0
+    # checkpointing changes no gradient: the same as a pass without it
+    torch.testing.assert_close(rows_grad, _row_gradients(True, batch, checkpointing=False)[0])
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_input_rows_get_gradients_exactly_for_the_new_ids_in_the_input(checkpointing):
+    """Untied: the embedding's rows learn from the input side only, so an id absent from the input gets none."""
+    ids = torch.tensor([[1, 5, 120, 7, 123, 2, 125, 9]])  # new ids 121, 122, 124 absent
+    input_grad, head_grad = _row_gradients(False, {"input_ids": ids, "labels": ids}, checkpointing)
+    present = [NEW_IDS.index(i) for i in (120, 123, 125)]
+    absent = [NEW_IDS.index(i) for i in (121, 122, 124)]
+    assert input_grad is not None and head_grad is not None, "a set of new rows got no gradient"
+    assert (input_grad[present].abs().sum(-1) > 0).all()
+    assert torch.equal(input_grad[absent], torch.zeros_like(input_grad[absent]))
+    assert (head_grad.abs().sum(-1) > 0).all()  # every new id's logit is scored: every head row learns
 
 
 def test_bf16_base_keeps_fp32_rows_and_bf16_outputs(batch):
