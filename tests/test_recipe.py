@@ -58,6 +58,13 @@ def test_accelerate_configs_open_with_their_command():
         ("grounding:\n  grounding_mix: 0.5\n", r"grounding.grounding_mix is a fine-tuning key"),
         ("finetune:\n  bf16: maybe\n", r"finetune.bf16 must be true, false or auto"),
         ("data:\n  prompt_style: fancy\n", r"data.prompt_style must be one of"),
+        ("data:\n  examples: sequence\n", r"data.examples must be one of \['windows', 'sequences'\], got 'sequence'"),
+        ("data:\n  examples: sequences\n  max_history: 1\n", r"max_history=1 .*history of 0 items.*>= 2"),
+        ("data:\n  examples: windows\n  max_history: 0\n", r"max_history=0 .*history of 0 items.*>= 1"),
+        (
+            "semantic_ids:\n  embedding: graph\n",
+            r"semantic_ids.embedding must be one of \['text', 'collaborative', 'text\+collaborative'\], got 'graph'",
+        ),
     ],
 )
 def test_bad_yaml_fails_naming_the_key(tmp_path, text, match):
@@ -143,7 +150,7 @@ def test_evaluation_runs_at_the_precision_evaluation_bf16_names(bf16):
     model.model.layers[0].register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
     sids = {f"m{i}": [f"<a_{i // 2}>", f"<b_{i % 2}>"] for i in range(6)}
     examples = [{"user": "u0", "history": ["m0", "m2"], "target": "m1"}]
-    args = EvalArgs(num_beams=6, top_k=5, max_users=None, batch_size=1, bf16=bf16)
+    args = EvalArgs(num_beams=6, top_k=5, max_users=None, batch_size=1, bf16=bf16, exclude_history=False)
     prompts = [tokenizer("The user watched <a_0><b_0><a_1><b_0>.")["input_ids"]]
     result = evaluate_next_item(model, tokenizer, prompts, examples, sids, {"u0": ["m0", "m2"]}, args, 6)
     assert len(set(result["rankings"]["u0"])) == 5 and set(result["rankings"]["u0"]) <= set(sids)
@@ -198,3 +205,74 @@ def test_every_training_arguments_field_reaches_the_trainer(tmp_path):
     assert args.adam_beta1 == 0.5 and args.train_sampling_strategy == "group_by_length"
     assert args.seed == 3 and args.output_dir == str(tmp_path / "ckpt") and args.bf16 is False
     assert args.learning_rate == 5e-4  # the stage's default where the YAML is silent
+
+
+def _tiny_sequence_setup(tiny_run_files, tmp_path, *overrides):
+    from accelerate import PartialState
+
+    from gti_peft.recipe.data import load_data, semantic_ids_stage
+    from gti_peft.recipe.model import build_model
+    from gti_peft.recipe.outputs import prepare_output_dir
+
+    config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "seq"), ["data.examples=sequences", *overrides])
+    out = prepare_output_dir(config, PartialState())
+    data = load_data(config)
+    sids = semantic_ids_stage(config, data, out, PartialState())
+    tokenizer, _ = build_model(config, sids, data, None)
+    return config, data, sids, tokenizer
+
+
+@pytest.mark.parametrize("separator", ["", ", "])
+def test_a_sequence_example_labels_exactly_the_id_tokens_of_items_two_to_n(tiny_run_files, tmp_path, separator):
+    from gti_peft.recipe.data import prompt_ids, sequence_ids
+
+    config, data, sids, tokenizer = _tiny_sequence_setup(
+        tiny_run_files, tmp_path, f"data.history_separator='{separator}'"
+    )
+    tokens = sids.token_lists()
+    items = ["m3", "m7", "m1", "m20"]
+    ids, labels = sequence_ids(config, tokenizer, tokens, items)
+    labelled = [label for label in labels if label != -100]
+    assert labelled == [t for item in items[1:] for t in tokenizer.convert_tokens_to_ids(tokens[item])]
+    assert len(ids) == len(labels)
+    # evaluation's prompt for history items[:3] is the training example up to item 4's ID: the same positions
+    prompt = prompt_ids(config, tokenizer, tokens, items[:3])
+    first_target = len(ids) - len(tokens["m20"])
+    assert prompt == ids[:first_target]
+    assert labels[first_target:] == ids[first_target:]
+
+
+def test_sequence_examples_train_every_target_and_evaluate_with_trainings_history(tiny_run_files, tmp_path):
+    from gti_peft.recipe.data import finetune_dataset
+
+    config, data, sids, tokenizer = _tiny_sequence_setup(tiny_run_files, tmp_path)
+    per_item = len(next(iter(sids.token_lists().values())))
+    dataset = finetune_dataset(config, tokenizer, sids, data)
+    labelled = sum(sum(label != -100 for label in row) for row in dataset["labels"])
+    targets = sum(len(items) - 1 for items in data.split.train.values())  # every item after each user's first
+    assert labelled == targets * per_item
+    assert len(dataset) == len(data.split.train) * 2  # 4 training items per user, chunks of 3 overlapping by one
+    # max_history=3 items per chunk: at most 2 items of history before a target, in training and in evaluation
+    assert {len(ex["history"]) for ex in data.split.test} == {2}
+
+
+def test_sequence_examples_run_with_continual_grounding(tiny_run_files, tmp_path):
+    out = tmp_path / "seqmix"
+    overrides = ["data.examples=sequences", "finetune.grounding_mix=0.25"]
+    results = run_recipe(load_recipe_config(tiny_yaml(tiny_run_files, out), overrides))
+    assert results["finetune"]["steps"] == 3 and results["finetune"]["grounding_mix"] == 0.25
+    assert results["metrics"]["model"]["n_users"] == 6
+
+
+def test_a_history_that_cannot_fit_max_length_is_refused_before_training(tiny_run_files, tmp_path):
+    out = tmp_path / "long"
+    overrides = ["data.examples=sequences", "data.max_history=40", "data.max_length=64"]
+    config = load_recipe_config(tiny_yaml(tiny_run_files, out), overrides)
+    with pytest.raises(
+        ValueError, match=r"data.max_history=40 \(sequences: 39 items.*needs \d+ tokens.*max_length=64"
+    ):
+        run_recipe(config)
+    assert not (out / "grounded").exists() and not (out / "checkpoints-ground").exists()
+    windows = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "long2"), ["data.max_length=20"])
+    with pytest.raises(ValueError, match=r"data.max_history=3 \(windows: 3 items.*needs \d+ tokens"):
+        run_recipe(windows)

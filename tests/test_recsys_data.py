@@ -15,6 +15,7 @@ from gti_peft.recsys.data import (
     load_movielens_100k,
     popularity_ranking,
     recommendation_messages,
+    sequence_chunks,
     training_examples,
     user_histories,
 )
@@ -160,3 +161,17 @@ def test_generic_loaders_csv_json_parquet(tmp_path):
         load_items(tmp_path / "items.jsonl", item_col="id")
     with pytest.raises(ValueError, match="file_format="):
         load_items(tmp_path / "items.txt")
+
+
+def test_sequence_chunks_cover_every_target_once_ending_with_the_latest_items():
+    histories = {"u1": [f"i{k}" for k in range(11)], "u2": ["a", "b"], "u3": ["x"]}
+    chunks = sequence_chunks(histories, max_items=4)
+    u1 = [c["items"] for c in chunks if c["user"] == "u1"]
+    # aligned to the end, consecutive chunks share one item (the later chunk's first: history there, not a target)
+    assert u1 == [["i0", "i1"], ["i1", "i2", "i3", "i4"], ["i4", "i5", "i6", "i7"], ["i7", "i8", "i9", "i10"]]
+    targets = [item for c in u1 for item in c[1:]]
+    assert targets == [f"i{k}" for k in range(1, 11)]  # every item after the first, exactly once, in order
+    assert [c["items"] for c in chunks if c["user"] == "u2"] == [["a", "b"]]
+    assert not [c for c in chunks if c["user"] == "u3"]  # one item: no target
+    with pytest.raises(ValueError, match="max_items` must be >= 2"):
+        sequence_chunks(histories, max_items=1)

@@ -12,11 +12,13 @@ from pathlib import Path
 import yaml
 
 from ..method.config import INIT_METHODS
+from ..recsys.collaborative import EMBEDDINGS
 from ..recsys.quantizers import METHODS as SEMANTIC_ID_METHODS
 from ..training.precision import AUTO
 from ..training.templates import DEFAULT_TEMPLATES, PROMPT_STYLES
 
 STAGES = ("ground", "finetune", "evaluate")
+EXAMPLE_KINDS = ("windows", "sequences")
 
 
 @dataclass
@@ -41,7 +43,21 @@ class DataArgs:
     title_column: str = "title"
     description_columns: list[str] = field(default_factory=lambda: ["description"])
     min_interactions: int = 3
-    max_history: int = field(default=10, metadata={"help": "Items of history in a prompt."})
+    examples: str = field(
+        default="windows",
+        metadata={
+            "help": f"Fine-tuning examples, one of {EXAMPLE_KINDS}: 'windows' (one target per example, its "
+            "max_history items before it as the prompt) or 'sequences' (each user's training sequence in chunks of "
+            "at most max_history items, the loss on the ID tokens of every item after a chunk's first)."
+        },
+    )
+    max_history: int = field(
+        default=10,
+        metadata={
+            "help": "windows: items of history in a prompt; sequences: items per chunk (so at most max_history - 1 "
+            "items of history before a target). Evaluation prompts hold the longest history training used."
+        },
+    )
     history_separator: str = field(
         default=", ", metadata={"help": "Text between the semantic IDs of a history ('' works: IDs self-delimit)."}
     )
@@ -49,8 +65,15 @@ class DataArgs:
         default="chat",
         metadata={"help": f"How prompts are tokenized, in every stage: one of {PROMPT_STYLES} (templates.py)."},
     )
-    max_train_examples: int | None = field(default=None, metadata={"help": "Seeded subsample of the windows."})
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "Seeded subsample of the fine-tuning examples (windows or chunks)."}
+    )
     max_length: int = 256
+
+    @property
+    def history_length(self) -> int:
+        """The most items of history before a target, in training and in evaluation prompts."""
+        return self.max_history - 1 if self.examples == "sequences" else self.max_history
 
 
 @dataclass
@@ -63,6 +86,15 @@ class SemanticIDArgs:
         default="residual_kmeans",
         metadata={"help": f"Quantizer of the item embeddings: one of {SEMANTIC_ID_METHODS}."},
     )
+    embedding: str = field(
+        default="text",
+        metadata={
+            "help": f"What the IDs encode, one of {EMBEDDINGS}: 'text' (title and description, sentence encoder), "
+            "'collaborative' (truncated SVD of the training interactions: what users watch together) or "
+            "'text+collaborative' (both, each L2-normalised, concatenated)."
+        },
+    )
+    collaborative_dim: int = field(default=64, metadata={"help": "Dimensions of the collaborative item vectors."})
 
 
 @dataclass
@@ -159,6 +191,13 @@ class EvalArgs:
     bf16: bool | str = field(
         default=AUTO, metadata={"help": "Beam search under bf16 autocast: true, false or auto (where it is faster)."}
     )
+    exclude_history: bool = field(
+        default=True,
+        metadata={
+            "help": "Leave each user's known items (the training sequence and the prompt's history) out of every "
+            "arm's ranking, as recommenders usually rank; false ranks the whole catalog."
+        },
+    )
 
 
 @dataclass
@@ -210,6 +249,7 @@ class RecipeConfig:
                 f"semantic_ids needs levels >= 1 and codes_per_level >= 2, got levels={self.semantic_ids.levels}, "
                 f"codes_per_level={self.semantic_ids.codes_per_level}; the usual choice is 3 x 32."
             )
+        self.validate_data()
         if self.evaluation.split not in ("test", "valid"):
             raise ValueError(f"evaluation.split must be 'test' or 'valid', got {self.evaluation.split!r}.")
         names = {t.name for t in DEFAULT_TEMPLATES}
@@ -242,6 +282,22 @@ class RecipeConfig:
             )
         for stage in ("grounding", "finetune"):
             validate_training_args(getattr(self, stage), stage)
+
+    def validate_data(self) -> None:
+        """The data and semantic-ID keys of issue-prone combinations: fine-tuning examples, history length, IDs."""
+        data, sids = self.data, self.semantic_ids
+        if data.examples not in EXAMPLE_KINDS:
+            raise ValueError(f"data.examples must be one of {list(EXAMPLE_KINDS)}, got {data.examples!r}.")
+        if data.history_length < 1:
+            least = 2 if data.examples == "sequences" else 1
+            raise ValueError(
+                f"data.max_history={data.max_history} with data.examples={data.examples!r} gives a history of "
+                f"{data.history_length} items before a target; it needs at least 1: set data.max_history >= {least}."
+            )
+        if sids.embedding not in EMBEDDINGS:
+            raise ValueError(f"semantic_ids.embedding must be one of {list(EMBEDDINGS)}, got {sids.embedding!r}.")
+        if sids.collaborative_dim < 1:
+            raise ValueError(f"semantic_ids.collaborative_dim must be >= 1, got {sids.collaborative_dim}.")
 
 
 def validate_training_args(stage: TrainStageArgs, where: str) -> None:

@@ -12,11 +12,11 @@ from transformers import set_seed
 from ..sharing.hub import save_for_hub
 from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
-from .data import SID_FILE, check_grounding_mix, load_data, semantic_ids_stage
+from .data import SID_FILE, check_example_length, check_grounding_mix, load_data, semantic_ids_stage
 from .memory_check import check_recipe_memory
 from .model import build_model
 from .outputs import prepare_output_dir, write_results
-from .stages import evaluate_stage, finetune_stage, ground_stage
+from .stages import check_evaluation, evaluate_stage, finetune_stage, ground_stage
 
 # stage -> (its function, its section in the config, the folder it saves, its key in the results, its geometry label)
 TRAINING_STAGES = {
@@ -43,7 +43,9 @@ def run_recipe(config: RecipeConfig) -> dict:
     start = time.perf_counter()
     data = load_data(config)
     check_grounding_mix(config, data)
+    check_evaluation(config, data)  # a user with too few items left to rank: refused before training
     sids = semantic_ids_stage(config, data, out, state)
+    check_example_length(config, sids)  # before any weights are loaded
     timings["data_and_semantic_ids"] = time.perf_counter() - start
     resume_from = _resume_point(out)
     check_recipe_memory(config, len(sids.vocabulary()))  # before any weights are loaded

@@ -14,6 +14,7 @@ from .data import (
     load_movielens_100k,
     popularity_ranking,
     recommendation_messages,
+    sequence_chunks,
     training_examples,
     user_histories,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "recall_at_k",
     "recommendation_messages",
     "residual_kmeans",
+    "sequence_chunks",
     "balanced_residual_kmeans",
     "rqvae",
     "SEMANTIC_ID_METHODS",

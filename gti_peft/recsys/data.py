@@ -244,6 +244,24 @@ def training_examples(
     ]
 
 
+def sequence_chunks(histories: Mapping[str, Sequence[str]], max_items: int) -> list[dict]:
+    """Each user's sequence cut into chunks of at most `max_items` items, aligned to its end (the last chunk holds
+    the user's latest items) and overlapping by one item, so every item after a user's first is a target of exactly
+    one chunk, with the chunk's earlier items as its history. Chunks of one item (no target) are left out.
+    Returns `[{"user": ..., "items": [...]}, ...]`."""
+    if max_items < 2:
+        raise ValueError(f"`max_items` must be >= 2 (one history item and one target), got {max_items}.")
+    chunks = []
+    for user, items in histories.items():
+        end, user_chunks = len(items), []
+        while end > 1:
+            start = max(0, end - max_items)
+            user_chunks.append({"user": user, "items": list(items[start:end])})
+            end = start + 1  # the next chunk ends with this chunk's first item: it is the history, not a target
+        chunks.extend(reversed(user_chunks))
+    return chunks
+
+
 def popularity_ranking(histories: Mapping[str, Sequence[str]], k: int | None = None) -> list[str]:
     """Items by number of occurrences in `histories` (the training part), ties by first appearance."""
     return [item for item, _ in Counter(item for h in histories.values() for item in h).most_common(k)]
