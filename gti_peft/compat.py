@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 
 import peft
@@ -28,6 +29,12 @@ TRAINABLE_TOKENS_DELTA_KEY = "token_adapter.trainable_tokens_delta"
 # attribute and marks the model with the flag (`release_from_accelerate` undoes both).
 ACCELERATE_ORIGINAL_FORWARD = "_original_forward"
 ACCELERATE_PREPARED_FLAG = "_is_accelerate_prepared"
+
+# bitsandbytes: on a CPU with avx512_bf16, `Linear4bit.forward` in eval mode without grad repacks the weight for CPU
+# inference (irreversibly; the quant state then carries the packed flag) unless the layer's repack flag is False.
+# Training a repacked layer silently gets wrong (often zero) gradients: LoRA stops learning.
+BNB_CPU_REPACK_FLAG = "support_avx512bf16_for_cpu"
+BNB_CPU_PACKED_FLAG = "packing_format_for_cpu"
 
 
 def _private(module: str, name: str):
@@ -61,6 +68,39 @@ def extend_peft_type(name: str):
     if name not in PeftType.__members__:
         extend_enum(PeftType, name, name)
     return PeftType[name]
+
+
+def _linear_4bit_layers(model) -> list[tuple[str, object]]:
+    """`(name, layer)` of every bitsandbytes `Linear4bit` in `model`; bitsandbytes is never imported here (a model
+    with 4-bit layers has imported it already)."""
+    if "bitsandbytes" not in sys.modules:
+        return []
+    from bitsandbytes.nn import Linear4bit
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, Linear4bit)]
+
+
+def guard_cpu_4bit_training(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; return how many layers were guarded.
+
+    On CPUs with avx512_bf16, the first eval-mode forward without grad repacks every `Linear4bit` irreversibly and
+    later training silently gets wrong LoRA gradients. GTI guards every 4-bit base it is injected into
+    (`get_peft_model`, `PeftModel.from_pretrained`); the recipe's 4-bit loader and `ground` call it too. A no-op
+    for models without 4-bit layers.
+    """
+    layers = _linear_4bit_layers(model)
+    for _, layer in layers:
+        setattr(layer, BNB_CPU_REPACK_FLAG, False)
+    return len(layers)
+
+
+def cpu_packed_4bit_layers(model) -> list[str]:
+    """Names of the `Linear4bit` layers of `model` that bitsandbytes already repacked for CPU inference."""
+    return [
+        name
+        for name, layer in _linear_4bit_layers(model)
+        if getattr(getattr(layer.weight, "quant_state", None), BNB_CPU_PACKED_FLAG, False)
+    ]
 
 
 def prepared_by_accelerate(model) -> bool:
@@ -143,6 +183,16 @@ def _check_accelerate_forward() -> str | None:
     return f"Accelerator.prepare_model no longer sets {missing}" if missing else None
 
 
+def _check_bnb_cpu_repack() -> str | None:
+    from bitsandbytes.nn import Linear4bit
+
+    if not hasattr(Linear4bit(64, 32), BNB_CPU_REPACK_FLAG):
+        return f"Linear4bit no longer sets `{BNB_CPU_REPACK_FLAG}`"
+    source = inspect.getsource(Linear4bit.forward)
+    missing = [n for n in (BNB_CPU_REPACK_FLAG, BNB_CPU_PACKED_FLAG) if n not in source]
+    return f"Linear4bit.forward no longer reads {missing}" if missing else None
+
+
 def _check_state_dict_target() -> str | None:
     source = inspect.getsource(peft.peft_model.PeftModel.save_pretrained)
     if "get_peft_model_state_dict(" not in source:
@@ -194,6 +244,7 @@ PRIVATE_SYMBOLS: dict[str, Callable[[], str | None]] = {
     "peft.tuners.tuners_utils.BaseTunerLayer._get_embed_scale": _check_embed_scale,
     f"TrainableTokens state-dict key {TRAINABLE_TOKENS_DELTA_KEY!r}": _check_trainable_tokens_key,
     f"accelerate Accelerator.prepare_model's {ACCELERATE_ORIGINAL_FORWARD!r}": _check_accelerate_forward,
+    f"bitsandbytes Linear4bit.{BNB_CPU_REPACK_FLAG} (CPU repacking)": _check_bnb_cpu_repack,
     "patch target peft.peft_model.get_peft_model_state_dict": _check_state_dict_target,
     "patch target peft.PeftModel.from_pretrained": _check_from_pretrained_target,
     "patch target peft.PeftModel.push_to_hub": _check_push_to_hub_target,

@@ -28,6 +28,8 @@ PRIVATE_NAMES = [
     "_original_forward",
     "_is_accelerate_prepared",
     "extend_enum",
+    "support_avx512bf16_for_cpu",
+    "packing_format_for_cpu",
 ]
 # patches of PEFT: each only in the module that installs it (its target is checked in compat.PRIVATE_SYMBOLS)
 PATCHES = {

@@ -8,7 +8,7 @@ import torch
 from peft import LoraModel
 from torch import nn
 
-from ..compat import check_target_module_exists, get_submodules
+from ..compat import check_target_module_exists, cpu_packed_4bit_layers, get_submodules, guard_cpu_4bit_training
 from .config import GTIConfig
 from .init import OldIds, initial_bias, initial_rows, old_mean
 from .layer import NewTokenEmbedding, NewTokenLayer, NewTokenLMHead, check_disjoint_new_tokens
@@ -106,6 +106,23 @@ def _record_sizes(config: GTIConfig, n_before: int, n_after: int) -> None:
         config.base_vocab_size, config.vocab_size = n_before, n_after
 
 
+def _keep_4bit_base_trainable(model: nn.Module, config: GTIConfig) -> None:
+    """A 4-bit base on CPU: stop bitsandbytes' inference repacking, which silently breaks later training.
+
+    A base whose layers were already repacked (evaluated before the adapter was added) is refused for a trainable
+    adapter: its LoRA would get wrong gradients without any error.
+    """
+    packed = cpu_packed_4bit_layers(model)
+    if packed and not config.inference_mode:
+        raise ValueError(
+            f"{len(packed)} 4-bit layers of the base model (e.g. {packed[0]!r}) were repacked by bitsandbytes for CPU "
+            "inference by an evaluation (eval mode, no grad) before the GTI adapter was added: LoRA would get wrong "
+            "gradients there. Load the base again and add the adapter before evaluating it (GTI then keeps it "
+            "trainable), or call `gti_peft.training.quantization.guard_cpu_4bit_training(base)` right after loading."
+        )
+    guard_cpu_4bit_training(model)
+
+
 class GTIModel(LoraModel):
     """LoRA plus `NewTokenEmbedding` / `NewTokenLMHead` for the ids in `GTIConfig.new_token_ids`.
 
@@ -126,6 +143,7 @@ class GTIModel(LoraModel):
     ) -> None:
         config = self.peft_config[adapter_name]
         self._check_embeddings_not_targeted(model, config)
+        _keep_4bit_base_trainable(model, config)
         n_before = resize_for_new_tokens(model, config)
         # LoRA's targets come from the config: PEFT would read module names out of `state_dict` keys with GTI's
         # prefix, which only the new rows carry

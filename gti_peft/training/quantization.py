@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ..compat import guard_cpu_4bit_training
+
+__all__ = ["bnb_4bit_config", "guard_cpu_4bit_training", "load_4bit_causal_lm"]
 
 
 def bnb_4bit_config(compute_dtype: torch.dtype = torch.bfloat16, quant_type: str = "nf4", double_quant: bool = True):
@@ -16,25 +19,6 @@ def bnb_4bit_config(compute_dtype: torch.dtype = torch.bfloat16, quant_type: str
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
     )
-
-
-def guard_cpu_4bit_training(model: nn.Module) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; return how many layers were guarded.
-
-    On CPUs with avx512_bf16, the first eval-mode forward without grad repacks every `Linear4bit` irreversibly
-    and later training silently gets no LoRA gradients. Call this before any evaluation of a 4-bit model that
-    will be trained again (the recipe and `ground` do). A no-op for models without 4-bit layers.
-    """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return 0
-    guarded = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-            guarded += 1
-    return guarded
 
 
 def load_4bit_causal_lm(name_or_path: str, compute_dtype: torch.dtype = torch.bfloat16, **kwargs):
