@@ -35,6 +35,13 @@ def test_hf_mean_is_mean_plus_tiny_distinct_noise():
     mean = model.get_input_embeddings().base_weight[:VOCAB].mean(0)
     assert (rows - mean).abs().max() < 1e-3
     assert not torch.equal(rows[0], rows[1])
+    # transformers' mean_resizing draws from N(mean, 1e-9 * covariance): per coordinate, noise of standard deviation
+    # sqrt(1e-9 * variance) (~6e-7 here); standardized, the 6 x 32 draws have a standard deviation near 1
+    old = model.get_input_embeddings().base_weight[:VOCAB].detach()
+    expected_std = (1e-9 * old.var(0, correction=0)).sqrt()
+    z = (rows - mean) / expected_std
+    assert 0.8 < z.std().item() < 1.2, z.std().item()
+    assert z.abs().max() < 6
 
 
 def test_random_uses_initializer_range_and_is_seeded():
