@@ -221,3 +221,70 @@ def test_bad_arguments_raise(model, trie, kwargs, message):
 def test_trie_argument_must_be_an_item_trie(model, trie):
     with pytest.raises(ValueError, match="`trie` must be a non-empty ItemTrie"):
         constrained_beam_search(model, 0, [[5, 6]], trie)
+
+
+def test_excluded_items_never_returned_and_k_distinct_items_remain(model, trie, prompts):
+    full = constrained_beam_search(model, 0, prompts, trie, num_beams=10, disable_tqdm=True)
+    # leave out each prompt's own top 5 and one whole first-level branch (every item below one first token)
+    branch = trie.allowed(())[0]
+    below = [item for item, tokens in trie.sequences.items() if tokens[0] == branch]
+    exclude = [[item for item, _ in ranked[:5]] + below for ranked in full]
+    ranked_left = constrained_beam_search(model, 0, prompts, trie, num_beams=10, disable_tqdm=True, exclude=exclude)
+    for prompt, ranked, left, excluded in zip(prompts, full, ranked_left, exclude):
+        items = [item for item, _ in left]
+        assert len(items) == 10 and len(set(items)) == 10 and not set(items) & set(excluded)
+        torch.testing.assert_close(
+            torch.tensor([s for _, s in left]),
+            torch.tensor(teacher_forced(model, prompt, trie, items)),
+            atol=1e-4,
+            rtol=0,
+        )
+        scores = dict(ranked)  # an item found with and without exclusion has the same score
+        common = [item for item in items if item in scores]
+        torch.testing.assert_close(
+            torch.tensor([dict(left)[i] for i in common]), torch.tensor([scores[i] for i in common]), atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("lengths", [(3,), (2, 3, 4)], ids=["equal-length", "unequal-length"])
+def test_exclusion_with_exhaustive_beams_equals_filtered_brute_force(model, prompts, lengths):
+    trie = ItemTrie(random_catalog(12, seed=2, lengths=lengths))
+    exclude = [trie.items[i::3] for i in range(4)]  # a third of the catalog, different for each prompt
+    results = constrained_beam_search(
+        model, 0, prompts[:4], trie, num_beams=12, top_k=8, disable_tqdm=True, exclude=exclude
+    )
+    for prompt, ranked, excluded in zip(prompts[:4], results, exclude):
+        exact = [pair for pair in brute_force(model, prompt, trie) if pair[0] not in excluded][:8]
+        assert_same_ranking(ranked, exact)
+
+
+def test_excluded_branch_is_pruned_so_beams_reach_other_items(model, prompts):
+    # two first tokens: with the whole first branch left out, 5 beams must all go down the second one
+    catalog = {f"item_{i}": [60 + i % 2, 73 + i // 2 % 6, 86 + i] for i in range(14)}
+    trie = ItemTrie(catalog)
+    first_branch = [item for item, tokens in catalog.items() if tokens[0] == 60]
+    results = constrained_beam_search(
+        model, 0, prompts, trie, num_beams=5, disable_tqdm=True, exclude=[first_branch] * len(prompts)
+    )
+    for ranked in results:
+        assert len(ranked) == 5 and all(catalog[item][0] == 61 for item, _ in ranked)
+
+
+def test_too_few_items_left_or_unknown_exclusions_raise_before_the_model_runs(model, prompts):
+    trie = ItemTrie(random_catalog(12, seed=2))
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(
+            ValueError,
+            match=r"Prompt 1 has 9 of the catalog's 12 items .* 3 item\(s\) to rank, fewer "
+            r"than top_k=5 .* lower top_k to at most 3",
+        ):
+            constrained_beam_search(model, 0, prompts[:2], trie, num_beams=5, exclude=[[], trie.items[:9]])
+        with pytest.raises(ValueError, match=r"`exclude\[0\]` holds 1 item\(s\) that are not in the trie.*'nope'"):
+            constrained_beam_search(model, 0, prompts[:1], trie, num_beams=5, exclude=[["nope", trie.items[0]]])
+        with pytest.raises(ValueError, match="one collection of items per prompt: got 1 for 2 prompts"):
+            constrained_beam_search(model, 0, prompts[:2], trie, num_beams=5, exclude=[[]])
+    finally:
+        hook.remove()
+    assert calls == []

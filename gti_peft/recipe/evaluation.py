@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..recsys import evaluate_rankings, popularity_ranking
-from ..recsys.beam_search import constrained_beam_search
+from ..recsys.beam_search import check_items_left, constrained_beam_search
 from ..recsys.trie import ItemTrie
 from ..training.precision import resolve_bf16
 from ..training.quantization import guard_cpu_4bit_training
@@ -25,37 +25,76 @@ def item_trie(tokenizer, token_lists: dict[str, list[str]]) -> ItemTrie:
 
 
 def rank_items(
-    model, tokenizer, prompts: list[list[int]], trie: ItemTrie, num_beams: int, top_k: int, batch_size: int
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    trie: ItemTrie,
+    num_beams: int,
+    top_k: int,
+    batch_size: int,
+    exclude: list[set[str]] | None = None,
 ):
-    """Top-k item lists (best first) for each prompt."""
+    """Top-k item lists (best first) for each prompt, without the items of `exclude[i]` when given."""
     guard_cpu_4bit_training(model)  # evaluation must not stop a 4-bit CPU model from training later
     was_training = model.training
     model.eval()
     results = constrained_beam_search(
-        model, tokenizer, prompts, trie, num_beams=num_beams, top_k=top_k, batch_size=batch_size
+        model, tokenizer, prompts, trie, num_beams=num_beams, top_k=top_k, batch_size=batch_size, exclude=exclude
     )
     model.train(was_training)
     return [[item for item, _ in ranked] for ranked in results]
 
 
+def known_items(examples, train_histories) -> list[set[str]]:
+    """Each example's user's known items before its target: the prompt's history and the user's training sequence
+    (the usual convention for leaving the history out of a ranking)."""
+    return [set(train_histories.get(ex["user"], ())) | set(ex["history"]) for ex in examples]
+
+
+def check_history_exclusion(examples, train_histories, catalog_size: int, top_k: int) -> None:
+    """Refuse, before anything trains, a user whose known items leave fewer than `top_k` items to rank."""
+    known = known_items(examples, train_histories)
+    check_items_left(catalog_size, [len(k) for k in known], top_k, names=[ex["user"] for ex in examples])
+
+
+def ranking_convention(exclude_history: bool) -> str:
+    """The label metrics.json gives the ranking protocol."""
+    return "history_excluded" if exclude_history else "full"
+
+
+def popularity_rankings(train_histories, exclude: list[set[str]] | None, top_k: int, count: int) -> list[list[str]]:
+    """The most popular training items, for each of `count` users; without each user's `exclude` items if given."""
+    if exclude is None:
+        return [popularity_ranking(train_histories, k=top_k)] * count
+    popular = popularity_ranking(train_histories)
+    return [[item for item in popular if item not in known][:top_k] for known in exclude]
+
+
 def evaluate_next_item(
     model, tokenizer, prompts: list[list[int]], examples, token_lists, train_histories, args, catalog_size: int
 ) -> dict:
-    """Recall/NDCG@{5,10,20}, coverage and distinct top-1 of the model and of a popularity baseline.
+    """Recall/NDCG@{5,10,20}, coverage and distinct top-1 of the model and of a popularity baseline, both ranked
+    without each user's known items when `args.exclude_history` (see `known_items`).
 
     `prompts[i]` is the encoded prompt of `examples[i]` (see `gti_peft.recipe.data.prompt_ids`).
     """
     targets = [ex["target"] for ex in examples]
+    exclude = known_items(examples, train_histories) if args.exclude_history else None
+    if exclude is not None:
+        check_history_exclusion(examples, train_histories, len(token_lists), args.top_k)
     trie = item_trie(tokenizer, token_lists)
     device = next(model.parameters()).device.type
     with torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_bf16(args.bf16)):
-        rankings = rank_items(model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size)
+        rankings = rank_items(
+            model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size, exclude=exclude
+        )
     ks = tuple(k for k in (5, 10, 20) if k <= args.top_k)
-    popular = popularity_ranking(train_histories, k=args.top_k)
+    popular = popularity_rankings(train_histories, exclude, args.top_k, len(targets))
     return {
         "model": evaluate_rankings(rankings, targets, ks=ks, catalog_size=catalog_size),
-        "popularity": evaluate_rankings([popular] * len(targets), targets, ks=ks, catalog_size=catalog_size),
+        "popularity": evaluate_rankings(popular, targets, ks=ks, catalog_size=catalog_size),
         "rankings": {ex["user"]: ranking for ex, ranking in zip(examples, rankings)},
+        "ranking": ranking_convention(args.exclude_history),
     }
 
 

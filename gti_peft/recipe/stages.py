@@ -15,7 +15,7 @@ from ..training.precision import resolve_bf16
 from ..training.trainer import AnswerOnlyTrainer, answer_collator
 from .config import RecipeConfig, TrainStageArgs
 from .data import RecData, finetune_dataset, grounding_templates, prompt_ids
-from .evaluation import evaluate_next_item
+from .evaluation import check_history_exclusion, evaluate_next_item
 
 
 def training_options(stage: TrainStageArgs, output_dir: Path, seed: int) -> dict:
@@ -81,11 +81,24 @@ def finetune_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, da
     }
 
 
+def evaluation_examples(config: RecipeConfig, data: RecData) -> list:
+    """The evaluated users' examples: the first `evaluation.max_users` (all by default) of the chosen split."""
+    args = config.evaluation
+    examples = data.split.test if args.split == "test" else data.split.valid
+    return examples[: args.max_users] if args.max_users else examples
+
+
+def check_evaluation(config: RecipeConfig, data: RecData) -> None:
+    """With `evaluation.exclude_history`, refuse (before anything trains) a user with fewer than `top_k` items left."""
+    if "evaluate" in config.output.stages and config.evaluation.exclude_history:
+        examples = evaluation_examples(config, data)
+        check_history_exclusion(examples, data.split.train, len(data.items), config.evaluation.top_k)
+
+
 def evaluate_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, data: RecData) -> dict:
     """Next-item ranking of the first `evaluation.max_users` users (all by default) against popularity."""
     args = config.evaluation
-    examples = data.split.test if args.split == "test" else data.split.valid
-    examples = examples[: args.max_users] if args.max_users else examples
+    examples = evaluation_examples(config, data)
     tokens = sids.token_lists()
     prompts = [prompt_ids(config, tokenizer, tokens, ex["history"]) for ex in examples]
     metrics = evaluate_next_item(
@@ -96,6 +109,7 @@ def evaluate_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, da
     label = f"{config.adapter.init} init" + (f" + GTI ({steps} grounding steps)" if steps else ", no grounding")
     return {
         "metrics": {"model": metrics["model"], "popularity": metrics["popularity"]},
+        "ranking": metrics["ranking"],
         "table": format_metrics_table({"popularity": metrics["popularity"], label: metrics["model"]}),
         "rankings": {user: {"target": targets[user], "ranking": r} for user, r in metrics["rankings"].items()},
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,64 @@ def _validate(trie: ItemTrie, num_beams: int, top_k: int | None, batch_size: int
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}: pass e.g. batch_size=8.")
     return top_k
+
+
+def check_items_left(
+    catalog_size: int, excluded_counts: Sequence[int], top_k: int, names: Sequence[Hashable] | None = None
+) -> None:
+    """Refuse, before any model work, a prompt whose exclusions leave fewer than `top_k` catalog items."""
+    short = [row for row, count in enumerate(excluded_counts) if catalog_size - count < top_k]
+    if not short:
+        return
+    row = min(short, key=lambda r: catalog_size - excluded_counts[r])
+    who = f"User {names[row]!r} (row {row})" if names is not None else f"Prompt {row}"
+    left = catalog_size - excluded_counts[row]
+    raise ValueError(
+        f"{who} has {excluded_counts[row]} of the catalog's {catalog_size} items in their history, which leaves "
+        f"{left} item(s) to rank, fewer than top_k={top_k} ({len(short)} row(s) like this): lower top_k to at most "
+        f"{left}, or rank without leaving the history out (exclude=None / exclude_history=False / "
+        "evaluation.exclude_history: false)."
+    )
+
+
+def _excluded_indices(
+    trie: ItemTrie, exclude: Sequence[Iterable[Hashable]] | None, num_prompts: int, top_k: int
+) -> list[list[int]] | None:
+    """Each prompt's excluded items as indices into `trie.items`, checked against the catalog and `top_k`."""
+    if exclude is None:
+        return None
+    exclude = list(exclude)
+    if len(exclude) != num_prompts:
+        raise ValueError(
+            f"`exclude` must hold one collection of items per prompt: got {len(exclude)} for {num_prompts} prompts."
+        )
+    index = {item: i for i, item in enumerate(trie.items)}
+    rows = []
+    for row, items in enumerate(exclude):
+        if isinstance(items, (str, bytes)):
+            raise ValueError(f"`exclude[{row}]` is the string {items!r}: pass a list of items, e.g. [{items!r}].")
+        items = set(items)
+        unknown = [item for item in items if item not in index]
+        if unknown:
+            raise ValueError(
+                f"`exclude[{row}]` holds {len(unknown)} item(s) that are not in the trie, e.g. "
+                f"{sorted(map(str, unknown))[:5]}: exclude only catalog items (drop the others first)."
+            )
+        rows.append(sorted(index[item] for item in items))
+    check_items_left(len(trie), [len(r) for r in rows], top_k)
+    return rows
+
+
+def _blocked_nodes(trie: ItemTrie, excluded: list[list[int]], device: torch.device) -> torch.Tensor:
+    """`(prompts, num_nodes)`: True at each node whose every item below is excluded for that prompt (leaves too)."""
+    item_paths, leaf_counts = trie.exclusion_tables(device)
+    counts = torch.zeros(len(excluded), leaf_counts.numel(), dtype=torch.long, device=device)
+    for row, items in enumerate(excluded):
+        if items:
+            nodes = item_paths[torch.tensor(items, device=device)]
+            nodes = nodes[nodes >= 0]
+            counts[row].scatter_add_(0, nodes, torch.ones_like(nodes))
+    return counts == leaf_counts  # the root counts no excluded item: it is never blocked
 
 
 def _pad_id(tokenizer_or_pad_id: Any) -> int:
@@ -87,10 +145,17 @@ def _last_log_probs(model: torch.nn.Module, cache_name: str, cache: Any = None, 
 
 
 def _search_batch(
-    model: torch.nn.Module, prompts: list[list[int]], pad_id: int, trie: ItemTrie, num_beams: int, top_k: int
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    pad_id: int,
+    trie: ItemTrie,
+    num_beams: int,
+    top_k: int,
+    excluded: list[list[int]] | None = None,
 ) -> list[list[tuple[Hashable, float]]]:
     device = _model_device(model)
     child_tokens, child_nodes, node_item = trie.tensors(device)
+    blocked = None if excluded is None else _blocked_nodes(trie, excluded, device)
     input_ids, prompt_mask = _left_pad(prompts, pad_id, device)
     batch = len(prompts)
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
@@ -108,7 +173,10 @@ def _search_batch(
         width, fan = nodes.shape[1], child_tokens.shape[1]
         tokens, children = child_tokens[nodes], child_nodes[nodes]  # (batch, width, fan)
         gathered = log_probs.view(batch, width, -1).gather(-1, tokens)
-        candidates = (scores.unsqueeze(-1) + gathered).masked_fill(children < 0, float("-inf"))
+        invalid = children < 0
+        if blocked is not None:  # a branch whose every item is excluded is never entered
+            invalid |= blocked.gather(1, children.clamp(min=0).view(batch, -1)).view_as(children)
+        candidates = (scores.unsqueeze(-1) + gathered).masked_fill(invalid, float("-inf"))
         candidates, tokens, children = (t.reshape(batch, width * fan) for t in (candidates, tokens, children))
         items = node_item[children.clamp(min=0)].masked_fill(children < 0, -1)
         # finished items join the pool of the k best; the rest may keep running
@@ -153,6 +221,7 @@ def constrained_beam_search(
     top_k: int | None = None,
     batch_size: int = 8,
     disable_tqdm: bool = False,
+    exclude: Sequence[Iterable[Hashable]] | None = None,
 ) -> list[list[tuple[Hashable, float]]]:
     """Top-k distinct catalog items for each prompt by beam search restricted to the trie.
 
@@ -171,13 +240,18 @@ def constrained_beam_search(
         top_k: Items returned per prompt (default: `min(num_beams, 20)`); at most `num_beams` and 20.
         batch_size: Prompts encoded together (each expands to `batch_size * num_beams` rows while decoding).
         disable_tqdm: Hide the progress bar over batches.
+        exclude: For each prompt, items never to return (e.g. the user's history). Trie branches whose every item
+            is excluded are pruned as the search enters them, so each prompt still gets `top_k` distinct items;
+            the scores of the other items are unchanged. Raises before any model work when a prompt has fewer
+            than `top_k` items left, or names an item the trie lacks.
 
     Returns:
         For each prompt, up to `top_k` `(item, log_probability)` pairs, best first (exactly `top_k` whenever the
-        catalog has that many items).
+        catalog has that many items left).
     """
     top_k = _validate(trie, num_beams, top_k, batch_size)
     prompts = _as_lists(prompts)
+    excluded = _excluded_indices(trie, exclude, len(prompts), top_k)
     pad_id = _pad_id(tokenizer_or_pad_id)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     results: list[list[tuple[Hashable, float]]] = [[] for _ in prompts]
@@ -187,7 +261,8 @@ def constrained_beam_search(
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), disable=disable_tqdm, desc="Beam search"):
                 indices = order[start : start + batch_size]
-                batch = _search_batch(model, [prompts[i] for i in indices], pad_id, trie, num_beams, top_k)
+                rows = None if excluded is None else [excluded[i] for i in indices]
+                batch = _search_batch(model, [prompts[i] for i in indices], pad_id, trie, num_beams, top_k, rows)
                 for i, ranked in zip(indices, batch):
                     results[i] = ranked
     finally:

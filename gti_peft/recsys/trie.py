@@ -42,6 +42,7 @@ class ItemTrie:
         for item, tokens in item_tokens.items():
             self._insert(item, tokens)
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._exclusion_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _insert(self, item: Hashable, tokens: Sequence[int]) -> None:
         sequence = tuple(int(t) for t in tokens)
@@ -89,6 +90,7 @@ class ItemTrie:
             self._children, self._node_item, self._sequences = saved
             raise
         self._tables.clear()
+        self._exclusion_tables.clear()
 
     def _first_item_below(self, node: int) -> Hashable:
         while self._node_item[node] is None:
@@ -167,10 +169,7 @@ class ItemTrie:
         """
         device = torch.device(device if device is not None else "cpu")
         if device not in self._tables:
-            inner = [node for node, children in enumerate(self._children) if children]
-            leaves = [node for node, children in enumerate(self._children) if not children]
-            renumber = torch.empty(len(self._children), dtype=torch.long)
-            renumber[torch.tensor(inner + leaves)] = torch.arange(len(self._children))
+            renumber, inner, leaves = self._renumbering()
             width = max(len(self._children[node]) for node in inner)
             child_tokens = torch.zeros(len(inner), width, dtype=torch.long)
             child_nodes = torch.full((len(inner), width), -1, dtype=torch.long)
@@ -183,6 +182,38 @@ class ItemTrie:
             node_item[renumber[torch.tensor(leaves)]] = torch.tensor([index[self._node_item[n]] for n in leaves])
             self._tables[device] = (child_tokens.to(device), child_nodes.to(device), node_item.to(device))
         return self._tables[device]
+
+    def _renumbering(self) -> tuple[torch.Tensor, list[int], list[int]]:
+        """Old node id -> new one (inner nodes first, the root stays 0), and the inner and leaf nodes (old ids)."""
+        inner = [node for node, children in enumerate(self._children) if children]
+        leaves = [node for node, children in enumerate(self._children) if not children]
+        renumber = torch.empty(len(self._children), dtype=torch.long)
+        renumber[torch.tensor(inner + leaves)] = torch.arange(len(self._children))
+        return renumber, inner, leaves
+
+    def exclusion_tables(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tables for leaving items out of a search, in the node numbering of [`ItemTrie.tensors`], cached per device.
+
+        Returns:
+            `item_paths` (`(items, max_length)`: the nodes below the root on each item's path, its leaf last,
+            padded with -1; rows in [`ItemTrie.items`] order) and `leaf_counts` (`(num_nodes,)`: items below each
+            node, 1 at a leaf). A node whose every item is left out is a dead branch.
+        """
+        device = torch.device(device if device is not None else "cpu")
+        if device not in self._exclusion_tables:
+            renumber, _, _ = self._renumbering()
+            item_paths = torch.full((len(self._sequences), self.max_length), -1, dtype=torch.long)
+            for row, sequence in enumerate(self._sequences.values()):
+                node, path = 0, []
+                for token in sequence:
+                    node = self._children[node][token]
+                    path.append(node)
+                item_paths[row, : len(path)] = renumber[torch.tensor(path)]
+            leaf_counts = torch.zeros(len(self._children), dtype=torch.long)
+            leaf_counts.scatter_add_(0, item_paths[item_paths >= 0], torch.ones_like(item_paths[item_paths >= 0]))
+            leaf_counts[0] = len(self._sequences)
+            self._exclusion_tables[device] = (item_paths.to(device), leaf_counts.to(device))
+        return self._exclusion_tables[device]
 
     def prefix_allowed_tokens_fn(
         self, prompt_length: int, fallback_token_id: int | None = None
