@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import importlib
 
-from . import _deprecated
-from .method import (
+from . import _deprecated, _import_notices
+
+_import_notices.hold()  # bitsandbytes' kernel notice, printed only once a 4-bit model is in use
+from .method import (  # noqa: E402  (importing peft imports bitsandbytes)
     INIT_METHODS,
     PEFT_TYPE_GTI,
     GTIConfig,
@@ -30,7 +32,9 @@ from .method import (
     new_token_parameters,
     new_token_rows,
 )
-from .method import register as _register_method
+from .method import register as _register_method  # noqa: E402
+
+_import_notices.stop_holding()
 
 
 def register() -> None:

@@ -16,7 +16,7 @@ import gti_peft
 PACKAGE = Path(gti_peft.__file__).parent
 # each layer may import from the layers before it, never after (gti_peft/__init__.py assembles the public API)
 LAYERS = [
-    {"compat", "assets", "_deprecated"},
+    {"compat", "assets", "_deprecated", "_import_notices"},
     {"method"},
     {"training"},
     {"sharing"},

@@ -1,0 +1,56 @@
+"""What `import gti_peft` adds over `import peft`: modules loaded and resident memory, each in a fresh process.
+
+    .venv/bin/python benchmarks/import_cost.py
+
+Prints a table and writes benchmarks/results/import_cost.json (with the run environment).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from environment import run_environment
+
+RESULT = Path(__file__).parent / "results" / "import_cost.json"
+PROBE = """
+import sys
+{pre}
+import {module}
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(len(sys.modules), rss / 1024)
+"""
+
+
+def measure(module: str, pre: str = "", repeats: int = 3) -> dict:
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE.format(pre=pre, module=module)], capture_output=True, text=True, check=True
+        )
+        modules, rss = out.stdout.split()
+        runs.append((int(modules), float(rss)))
+    return {"modules": min(m for m, _ in runs), "rss_mb": round(min(r for _, r in runs), 1)}
+
+
+def main() -> None:
+    rows = {}
+    for pre, label in (("", "alone"), ("import transformers", "after transformers")):
+        peft, gti = measure("peft", pre), measure("gti_peft", pre)
+        rows[label] = {
+            "peft": peft,
+            "gti_peft": gti,
+            "extra_modules": gti["modules"] - peft["modules"],
+            "extra_rss_mb": round(gti["rss_mb"] - peft["rss_mb"], 1),
+        }
+        print(
+            f"{label:>20}: peft {peft['modules']} modules {peft['rss_mb']} MB; gti_peft {gti['modules']} modules "
+            f"{gti['rss_mb']} MB (+{rows[label]['extra_modules']} modules, +{rows[label]['extra_rss_mb']} MB)"
+        )
+    RESULT.write_text(json.dumps({"environment": run_environment(), "import_cost": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
