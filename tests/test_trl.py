@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import llama_config
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import LlamaForCausalLM
+from trl import SFTConfig, SFTTrainer  # in the `test` extra: a broken install fails here, never skips
 
 from gti_peft import GTIConfig, add_new_tokens, ground
 from gti_peft.assets.offline import smollm2_tokenizer
-
-pytest.importorskip("trl")
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-from gti_peft.training.sft import GTISFTTrainer  # noqa: E402
+from gti_peft.training.sft import GTISFTTrainer
 
 TOKENS = ["<obdurate>", "<pneumatic>", "<trichromatic>", "<noncommittal>"]
 GLOSSES = ["stubbornly persistent", "using air", "having three colors", "refusing to bind oneself"]
@@ -23,9 +21,13 @@ GLOSSES = ["stubbornly persistent", "using air", "having three colors", "refusin
 
 @pytest.fixture
 def gti_setup(tmp_path):
+    return grounded_gti(tmp_path, tied=True)
+
+
+def grounded_gti(tmp_path, tied: bool):
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(llama_config(tied=True, vocab=len(tokenizer))).save_pretrained(tmp_path / "base")
+    LlamaForCausalLM(llama_config(tied=tied, vocab=len(tokenizer))).save_pretrained(tmp_path / "base")
     new_ids = add_new_tokens(tokenizer, TOKENS)
     base = LlamaForCausalLM.from_pretrained(tmp_path / "base")
     model = get_peft_model(
@@ -83,14 +85,44 @@ def test_sft_trains_only_lora_and_new_rows_and_keeps_the_head_tied(gti_setup):
     assert "forward" not in model.get_base_model().__dict__  # TRL's fused head (lm_head.weight only) is removed
 
 
+def full_logits_loss(model, batch) -> torch.Tensor:
+    """The labelled tokens' mean cross-entropy from the model's own full logits (its GTI head, no fused head)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
 def test_sft_loss_goes_through_the_new_rows(gti_setup):
     tokenizer, model, new_ids, tmp_path = gti_setup
     trainer = GTISFTTrainer(model, sft_config(tmp_path), train_dataset=sft_data(), processing_class=tokenizer)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    assert any(i in batch["labels"] for i in new_ids)  # new tokens are targets, not only inputs
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
     rows = model.get_input_embeddings().gti_rows["default"]
     assert rows.grad is not None and rows.grad.abs().sum() > 0
+    # Tied rows also get gradients through the input side, so a gradient alone cannot tell whether the head scored
+    # the new ids with them: TRL's fused head reads `lm_head.weight` (frozen base rows). The loss and the rows'
+    # gradient must be those of the model's own logits, which score the new ids with the new rows.
+    trained_grad, rows.grad = rows.grad.clone(), None
+    reference = full_logits_loss(model, batch)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(trained_grad, rows.grad)
+
+
+def test_sft_loss_trains_an_untied_heads_own_rows(tmp_path):
+    """Untied, the head owns rows that only the head's logits reach: they must get the loss's gradient."""
+    tokenizer, model, new_ids, tmp_path = grounded_gti(tmp_path, tied=False)
+    head = model.get_output_embeddings()
+    assert not head.is_tied
+    trainer = GTISFTTrainer(model, sft_config(tmp_path), train_dataset=sft_data(), processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    trainer.compute_loss(model, dict(batch)).backward()
+    head_rows = head.gti_rows["default"]
+    assert head_rows.grad is not None and head_rows.grad.abs().sum() > 0, "the head's new rows got no gradient"
+    trained_grad, head_rows.grad = head_rows.grad.clone(), None
+    full_logits_loss(model, batch).backward()
+    torch.testing.assert_close(trained_grad, head_rows.grad)
 
 
 def test_saved_adapter_is_small_and_loads_and_generates(gti_setup):
