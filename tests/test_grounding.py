@@ -186,3 +186,16 @@ def test_grounding_refuses_another_models_tokenizer_before_training():
     with pytest.raises(ValueError, match=r"`tokenizer` has 49152 tokens but the model has 126 embedding rows"):
         ground(model, smollm2_tokenizer(), [{"tokens": "<a_0>", "title": "Heat"}], max_steps=1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_grounding_leaves_no_temporary_folder_behind(tokenizer_and_pairs, tmp_path, monkeypatch):
+    tokenizer, tokens, pairs = tokenizer_and_pairs
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this test's own temp directory
+    model = tiny_gti(tokenizer, tokens)
+    one_step = {"max_steps": 1, "eval_examples_per_template": 1}
+    ground(model, tokenizer, pairs, output_dir=str(tmp_path / "out"), **one_step)
+    # no folder given: the trainer writes into a temporary one (here a checkpoint), removed with what it holds
+    ground(model, tokenizer, pairs, save_strategy="steps", save_steps=1, **one_step)
+    assert sorted(p.name for p in scratch.iterdir()) == []

@@ -164,6 +164,16 @@ def template_losses(model, dataset: Dataset, collator, per_template: int = 32, b
     return losses
 
 
+@contextlib.contextmanager
+def _output_folder(options: dict):
+    """`options` with an `output_dir`: the caller's, or a temporary folder (for the trainer's files) removed after."""
+    if options.get("output_dir") is not None:
+        yield options
+        return
+    with tempfile.TemporaryDirectory(prefix="gti-grounding-") as scratch:
+        yield {**options, "output_dir": scratch}
+
+
 def ground(
     model,
     tokenizer,
@@ -198,28 +208,28 @@ def ground(
     new_ids = set(new_token_rows(model)[0])
     validate_pairs(pairs, tokenizer, new_ids, [t for t in templates if t not in DEFAULT_TEMPLATES])
     options = {**GROUNDING_DEFAULTS, **training_options}
-    options.setdefault("output_dir", tempfile.mkdtemp(prefix="gti-grounding-"))
-    options.setdefault("use_cpu", not torch.cuda.is_available())  # else CPU ranks never form a process group
-    args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
+    with _output_folder(options) as options:  # the caller's, or a temporary one removed after training
+        options.setdefault("use_cpu", not torch.cuda.is_available())  # else CPU ranks never form a process group
+        args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
 
-    dataset = grounding_dataset(tokenizer, pairs, templates, max_length, prompt_style)
-    collator = answer_collator(tokenizer)
-    guard_cpu_4bit_training(model)
+        dataset = grounding_dataset(tokenizer, pairs, templates, max_length, prompt_style)
+        collator = answer_collator(tokenizer)
+        guard_cpu_4bit_training(model)
 
-    before = template_losses(model, dataset, collator, eval_examples_per_template)
-    geometry_before = diagnostics.summarize_model(model, reference)
-    with only_new_rows_trainable(model):
-        trainer = GroundingTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset.remove_columns(["template"]),
-            data_collator=collator,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-        start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        seconds = time.perf_counter() - start
+        before = template_losses(model, dataset, collator, eval_examples_per_template)
+        geometry_before = diagnostics.summarize_model(model, reference)
+        with only_new_rows_trainable(model):
+            trainer = GroundingTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset.remove_columns(["template"]),
+                data_collator=collator,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+            )
+            start = time.perf_counter()
+            result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+            seconds = time.perf_counter() - start
     after = template_losses(model, dataset, collator, eval_examples_per_template)
     report = GroundingReport(
         steps=result.global_step,
