@@ -172,3 +172,77 @@ def test_a_version_1_file_loads_as_residual_kmeans_without_encoder(tmp_path):
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"gti_peft.semantic_ids": json.dumps(meta)})
     old = SemanticIDs.load(tmp_path / "old.safetensors")
     assert old.method == "residual_kmeans" and old.encoder is None and old.to_dict() == sids.to_dict()
+
+
+# ---- collaborative item vectors (semantic_ids.embedding) ---------------------------------------------------------
+def _co_watched(n_items: int = 12) -> dict[str, list[str]]:
+    """Two audiences: even users watch items 0-5, odd users items 6-11 (training sequences)."""
+    return {f"u{u}": [f"item{i}" for i in (range(0, 6) if u % 2 == 0 else range(6, 12))] for u in range(10)}
+
+
+def test_collaborative_vectors_put_items_of_the_same_audience_together():
+    from gti_peft.recsys.collaborative import collaborative_embeddings
+
+    vectors, cold = collaborative_embeddings(_ids(12), _co_watched(), dim=4)
+    assert not cold and torch.allclose(vectors.norm(dim=-1), torch.ones(12))
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > 0.99 and similarity[6, 7] > 0.99 and similarity[0, 6] < 0.1
+
+
+def test_items_without_training_interactions_get_their_text_neighbours_vector_and_a_warning():
+    from gti_peft.recsys.collaborative import item_embeddings
+
+    text = 0.1 * _embeddings(13, 8)
+    text[:6, 0] += 1.0  # items 0-5 read alike, items 6-11 alike, and the cold item 12 reads like items 0-5
+    text[6:12, 1] += 1.0
+    text[12] = torch.nn.functional.one_hot(torch.tensor(0), 8).float()
+    text = torch.nn.functional.normalize(text, dim=-1)
+    with pytest.warns(UserWarning, match=r"1 of 13 items have no training interactions.*item12.*nearest items"):
+        vectors = item_embeddings("collaborative", text, _ids(13), _co_watched(), dim=4)
+    similarity = vectors[12] @ vectors[:12].T  # its 10 text neighbours: items 0-5 and 4 of the others
+    assert similarity[:6].min() > similarity[6:].max()
+    assert torch.isclose(vectors[12].norm(), torch.tensor(1.0))
+    both = item_embeddings("text+collaborative", text, _ids(13), _co_watched(), dim=4)
+    assert both.shape == (13, 8 + 4) and torch.allclose(both.norm(dim=-1), torch.ones(13))
+    with pytest.raises(ValueError, match=r"semantic_ids.embedding must be one of \['text', 'collaborative'"):
+        item_embeddings("graph", text, _ids(13), _co_watched())
+
+
+def test_recipe_ids_never_see_validation_or_test_interactions(tiny_run_files, tmp_path):
+    """The recipe's collaborative IDs come from the training part of the split only: changing every user's last
+    two items (their validation and test targets) changes nothing, changing a training interaction does."""
+    import csv
+
+    from accelerate import PartialState
+    from conftest import tiny_yaml
+
+    from gti_peft.recipe import load_recipe_config
+    from gti_peft.recipe.data import load_data, semantic_ids_stage
+
+    rows = list(csv.DictReader(open(tiny_run_files / "interactions.csv")))
+    by_user: dict[str, list[dict]] = {}
+    for row in rows:
+        by_user.setdefault(row["user_id"], []).append(row)
+
+    def ids_for(name: str, change) -> torch.Tensor:
+        log = tmp_path / f"{name}.csv"
+        with open(log, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["user_id", "item_id", "timestamp"])
+            writer.writeheader()
+            for user_rows in by_user.values():
+                for position, row in enumerate(user_rows):
+                    writer.writerow({**row, "item_id": change(position, len(user_rows), row["item_id"])})
+        overrides = [f"data.interactions_path={log}", "semantic_ids.embedding=collaborative"]
+        config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / name), overrides)
+        data = load_data(config)
+        return semantic_ids_stage(config, data, tmp_path / name, PartialState()).codes
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # items seen only as targets have no training interactions
+        same = ids_for("same", lambda p, n, item: item)
+        targets_changed = ids_for("targets", lambda p, n, item: "m0" if p >= n - 2 else item)
+        train_changed = ids_for("train", lambda p, n, item: "m0" if p == 0 else item)
+    assert torch.equal(same, targets_changed)
+    assert not torch.equal(same, train_changed)

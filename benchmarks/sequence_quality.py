@@ -1,0 +1,195 @@
+"""What each change to the SmolLM2 MovieLens recipe contributes: windows -> sequences, text vs collaborative vs
+text+collaborative semantic IDs, and the fine-tuning budget, every test user (943), the user's history left out.
+
+    .venv/bin/python benchmarks/sequence_quality.py train      # trains the arms one after another (resumable)
+    .venv/bin/python benchmarks/sequence_quality.py evaluate   # evaluates every trained arm (resumable)
+    .venv/bin/python benchmarks/sequence_quality.py report     # results JSON + tables, paired bootstraps vs SASRec
+
+Each arm is one recipe run (recipes/gti.py on recipes/smollm2-135m/movielens.yaml plus the arm's overrides) under
+outputs/benchmarks/sequence_quality/<arm>/. Arms with the same semantic IDs share one grounded adapter (grounding
+depends on the IDs only): the first arm of each ID kind grounds, the others start from a copy of its grounded/
+folder. Per-user results are kept as hit ranks (gzip, base64) in benchmarks/results/sequence_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from environment import run_environment
+from paired import bootstrap_difference, format_difference
+
+from gti_peft.recsys import per_user_hits
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "recipes/smollm2-135m/movielens.yaml"
+OUT = ROOT / "outputs" / "benchmarks" / "sequence_quality"
+RESULTS = ROOT / "benchmarks" / "results" / "sequence_quality.json"
+COMMON = ["evaluation.max_users=null", "grounding.max_steps=80", "output.seed=0"]
+WINDOWS = [
+    "data.examples=windows",
+    "data.max_history=5",
+    "data.max_train_examples=4000",
+    "finetune.per_device_train_batch_size=16",
+    "finetune.max_steps=100",
+]
+
+
+def sequences(steps: int, history: int = 20, batch: int = 8) -> list[str]:
+    return [
+        "data.examples=sequences",
+        f"data.max_history={history}",
+        "data.max_train_examples=null",
+        f"finetune.per_device_train_batch_size={batch}",
+        f"finetune.max_steps={steps}",
+        "finetune.train_sampling_strategy=group_by_length",
+    ]
+
+
+# arm -> (semantic-ID embedding, overrides); trained in this order
+ARMS = {
+    "seq_text_150": ("text", sequences(150)),
+    "seq_collab_150": ("collaborative", sequences(150)),
+    "seq_textcollab_150": ("text+collaborative", sequences(150)),
+    "windows_text_100": ("text", WINDOWS),
+}
+
+
+def overrides(arm: str) -> list[str]:
+    embedding, extra = ARMS[arm]
+    return [*COMMON, f"semantic_ids.embedding={embedding}", *extra, f"output.output_dir={OUT / arm}"]
+
+
+def recipe(arm: str, stages: str, extra: list[str] = ()) -> None:
+    sets = [x for o in [*overrides(arm), f"output.stages={stages}", *extra] for x in ("--set", o)]
+    subprocess.run([sys.executable, "recipes/gti.py", "--config", CONFIG, *sets], cwd=ROOT, check=True)
+
+
+def share_grounding(arm: str) -> list[str]:
+    """Copy the grounded adapter of an earlier arm with the same IDs into this arm's folder (if there is one)."""
+    out = OUT / arm
+    if (out / "grounded").exists() or (out / "adapter").exists():
+        return []
+    embedding = ARMS[arm][0]
+    for other in ARMS:
+        source = OUT / other
+        if other != arm and ARMS[other][0] == embedding and (source / "grounded").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source / "grounded", out / "grounded")
+            shutil.copy(source / "semantic_ids.safetensors", out / "semantic_ids.safetensors")
+            (out / "shared_grounding.json").write_text(json.dumps({"from": other}))
+            return ["output.overwrite=true"]
+    return []
+
+
+def train(arms: list[str]) -> None:
+    for arm in arms:
+        if (OUT / arm / "adapter").exists():
+            continue
+        extra = share_grounding(arm)
+        start, cpu = time.perf_counter(), _children_cpu()
+        recipe(arm, "[ground,finetune]", extra)
+        (OUT / arm / "train_time.json").write_text(
+            json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu})
+        )
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def evaluate(arms: list[str]) -> None:
+    for arm in arms:
+        out = OUT / arm
+        if not (out / "adapter").exists() or (out / "evaluated.json").exists():
+            continue
+        start = time.perf_counter()
+        recipe(arm, "[evaluate]", ["output.overwrite=true"] if (out / "shared_grounding.json").exists() else [])
+        (out / "evaluated.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
+
+
+def hit_ranks(rankings: dict) -> dict[str, int]:
+    """user -> 1-based rank of the target in the user's list (0: not in it)."""
+    return {
+        u: (r["ranking"].index(r["target"]) + 1 if r["target"] in r["ranking"] else 0) for u, r in rankings.items()
+    }
+
+
+def pack(ranks: dict[str, int]) -> str:
+    return base64.b64encode(gzip.compress(json.dumps(ranks, sort_keys=True).encode())).decode()
+
+
+def unpack(text: str) -> dict[str, int]:
+    return json.loads(gzip.decompress(base64.b64decode(text)))
+
+
+def hits_from_ranks(ranks: dict[str, int], k: int = 10) -> dict[str, tuple[float, float]]:
+    """Per-user (recall@k, ndcg@k) from hit ranks (the same numbers `per_user_hits` gives from full lists)."""
+    import math
+
+    return {u: ((1.0, 1 / math.log2(r + 1)) if 0 < r <= k else (0.0, 0.0)) for u, r in ranks.items()}
+
+
+def report() -> dict:
+    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    arms = result.setdefault("arms", {})
+    for arm in ARMS:
+        out = OUT / arm
+        if not (out / "evaluated.json").exists():
+            continue
+        metrics = json.loads((out / "metrics.json").read_text())
+        rankings = json.loads((out / "rankings.json").read_text())
+        train_time = json.loads((out / "train_time.json").read_text()) if (out / "train_time.json").exists() else {}
+        arms[arm] = {
+            "overrides": overrides(arm)[:-1],
+            "metrics": metrics["metrics"],
+            "finetune": metrics.get("finetune"),
+            "grounding_steps": metrics["config"]["grounding"]["max_steps"],
+            "shared_grounding": (out / "shared_grounding.json").exists(),
+            "train_time": train_time,
+            "evaluate_s": json.loads((out / "evaluated.json").read_text())["wall_s"],
+            "hit_ranks_gz": pack(hit_ranks(rankings)),
+        }
+        assert per_user_hits  # per-user hits of the lists equal hits_from_ranks (tests/test_classical_baselines)
+    baselines = ROOT / "benchmarks" / "results" / "classical_baselines.json"
+    sasrec = None
+    if baselines.exists():
+        classical = json.loads(baselines.read_text())
+        ranks = classical.get("hit_ranks_excluded_gz", {}).get("SASRec")
+        sasrec = hits_from_ranks(unpack(ranks)) if ranks else None
+    for arm, entry in arms.items():
+        if sasrec is not None:
+            hits = hits_from_ranks(unpack(entry["hit_ranks_gz"]))
+            entry["vs_sasrec"] = bootstrap_difference(sasrec, hits)
+    result |= run_environment()
+    RESULTS.write_text(json.dumps(result, indent=2))
+    for arm, entry in arms.items():
+        model = entry["metrics"]["model"]
+        line = f"{arm:22s} recall@10 {model['recall@10']:.4f} ndcg@10 {model['ndcg@10']:.4f}"
+        if "vs_sasrec" in entry:
+            line += f"  vs SASRec {format_difference(entry['vs_sasrec']['recall@10'])}"
+        print(line)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["train", "evaluate", "report"])
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {list(ARMS)}")
+    args = parser.parse_args()
+    arms = args.arms.split(",")
+    {"train": train, "evaluate": evaluate, "report": lambda _: report()}[args.action](arms)
+
+
+if __name__ == "__main__":
+    main()
