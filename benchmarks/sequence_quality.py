@@ -167,7 +167,7 @@ def report() -> dict:
         classical = json.loads(baselines.read_text())
         ranks = classical.get("hit_ranks_excluded_gz", {}).get("SASRec")
         sasrec = hits_from_ranks(unpack(ranks)) if ranks else None
-    for arm, entry in arms.items():
+    for entry in arms.values():
         if sasrec is not None:
             hits = hits_from_ranks(unpack(entry["hit_ranks_gz"]))
             entry["vs_sasrec"] = bootstrap_difference(sasrec, hits)

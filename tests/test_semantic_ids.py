@@ -219,7 +219,8 @@ def test_recipe_ids_never_see_validation_or_test_interactions(tiny_run_files, tm
     from gti_peft.recipe import load_recipe_config
     from gti_peft.recipe.data import load_data, semantic_ids_stage
 
-    rows = list(csv.DictReader(open(tiny_run_files / "interactions.csv")))
+    with open(tiny_run_files / "interactions.csv") as f:
+        rows = list(csv.DictReader(f))
     by_user: dict[str, list[dict]] = {}
     for row in rows:
         by_user.setdefault(row["user_id"], []).append(row)
