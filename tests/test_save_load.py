@@ -93,11 +93,17 @@ def test_merge_and_unload_gives_a_plain_extended_model(saved_tiny_llama, tmp_pat
     model = trained_gti(saved_tiny_llama[tied], tied)
     expected = logits(model)
     original = snapshot(AutoModelForCausalLM.from_pretrained(saved_tiny_llama[tied]))
+    new_rows = model.get_input_embeddings().gti_rows["default"].detach().clone()
+    head_rows = None if tied else model.get_output_embeddings().gti_rows["default"].detach().clone()
     merged = model.merge_and_unload()
     assert type(merged.get_input_embeddings()) is torch.nn.Embedding
     assert merged.config.vocab_size == VOCAB + len(NEW_IDS)
     torch.testing.assert_close(logits(merged), expected, rtol=0, atol=1e-5)
     assert torch.equal(merged.get_input_embeddings().weight[:VOCAB], original["model.embed_tokens.weight"])
+    assert torch.equal(merged.get_input_embeddings().weight[NEW_IDS], new_rows)
+    if not tied:  # the untied head: old rows bit-identical, new ids hold the head's own trained rows
+        assert torch.equal(merged.get_output_embeddings().weight[:VOCAB], original["lm_head.weight"])
+        assert torch.equal(merged.get_output_embeddings().weight[NEW_IDS], head_rows)
     merged.save_pretrained(tmp_path)
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     torch.testing.assert_close(logits(plain), expected, rtol=0, atol=1e-5)
@@ -108,10 +114,18 @@ def test_merge_then_unmerge_restores_the_base_rows(saved_tiny_llama):
     model = trained_gti(saved_tiny_llama[False], False)
     expected = logits(model)
     base_rows = model.get_input_embeddings().base_weight.detach().clone()
+    head = model.get_output_embeddings()
+    assert not head.is_tied
+    head_base_rows = head.base_weight.detach().clone()
     model.merge_adapter()
     torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)
+    # merged: the untied head's old rows untouched, its new ids hold its own rows
+    assert torch.equal(head.base_weight[:VOCAB], head_base_rows[:VOCAB])
+    assert torch.equal(head.base_weight[NEW_IDS], head.gti_rows["default"].detach())
     model.unmerge_adapter()
     assert torch.equal(model.get_input_embeddings().base_weight, base_rows)
+    # the head's rows are restored too (its logits alone cannot tell: it adds new rows minus base rows)
+    assert torch.equal(head.base_weight, head_base_rows)
     torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)
 
 
