@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import llama_config, tiny_yaml
@@ -60,3 +62,157 @@ def test_recipe_records_the_convention_and_refuses_too_few_items_before_training
     ):
         run_recipe(load_recipe_config(tiny_yaml(tiny_run_files, out), overrides))
     assert not (out / "grounded").exists() and not (out / "semantic_ids.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_files, tmp_path_factory):
+    """A tiny recipe run (grounding, fine-tuning, evaluation of 6 users) and the config that made it."""
+    out = tmp_path_factory.mktemp("recommender") / "run"
+    config = load_recipe_config(tiny_yaml(tiny_run_files, out))
+    run_recipe(config)
+    return out, config
+
+
+@pytest.fixture(scope="module")
+def tiny_recommender(tiny_run):
+    from gti_peft.recsys import Recommender
+
+    return Recommender.from_pretrained(tiny_run[0])
+
+
+def test_a_saved_run_recommends_what_its_evaluation_ranked(tiny_run):
+    from gti_peft.recipe.data import load_data
+    from gti_peft.recsys import Recommender
+
+    out, config = tiny_run
+    assert {"recommender.json", "item_titles.json"} <= {p.name for p in (out / "adapter").iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ranking"] == "history_excluded"
+    rankings = json.loads((out / "rankings.json").read_text())
+    data = load_data(config)
+    examples = data.split.test[: config.evaluation.max_users]
+    rec = Recommender.from_pretrained(out)
+    assert len(rec.items) == 24 and rec.items["m3"] == "Film number 3"
+    histories = [ex["history"] for ex in examples]
+    known = [data.split.train[ex["user"]] for ex in examples]
+    recs = rec.recommend(histories, k=5, exclude_items=known, batch_size=4)
+    assert [[r.item for r in user] for user in recs] == [rankings[ex["user"]]["ranking"] for ex in examples]
+    for user, history, seen in zip(recs, histories, known):
+        scores = [r.score for r in user]
+        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+        assert not {r.item for r in user} & (set(history) | set(seen))
+        assert all(r.title == f"Film number {r.item[1:]}" for r in user)
+    # one history in, one list out; the adapter folder loads the same; exclusion off may return history items
+    one = Recommender.from_pretrained(out / "adapter").recommend(histories[0], k=5, num_beams=24)
+    assert isinstance(one[0].item, str) and len(one) == 5
+    full = rec.recommend(histories, k=20, exclude_history=False, num_beams=24)
+    assert any({r.item for r in user} & set(h) for user, h in zip(full, histories))
+    allowed = ["m1", "m2", "m3", "m4", "m5", "m6"]
+    assert all({r.item for r in user} <= set(allowed) for user in rec.recommend(histories, k=2, allowed_items=allowed))
+    assert rec.search_items("NUMBER 1", limit=3) == [
+        ("m1", "Film number 1"),
+        ("m10", "Film number 10"),
+        ("m11", "Film number 11"),
+    ]
+
+
+def test_prompts_match_the_recipe_s_training_prompts_for_windows_and_sequences(tiny_run):
+    from gti_peft.recipe.data import SEQUENCE_PROMPT, prompt_ids
+    from gti_peft.recipe.evaluation import prompt_settings
+    from gti_peft.recsys import PromptSettings, Recommender, SemanticIDs
+
+    out, config = tiny_run
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
+    sids = SemanticIDs.load(out / "semantic_ids.safetensors")
+    history = ["m1", "m5", "m7", "m9"]
+    assert PromptSettings().sequence_prompt == SEQUENCE_PROMPT
+    for overrides in ([], ["data.examples=sequences", "data.max_history=4", "data.history_separator=' | '"]):
+        cfg = load_recipe_config(tiny_yaml(out.parent, out.parent / "other"), overrides)
+        cfg.data.prompt_style = "plain" if overrides else cfg.data.prompt_style
+        rec = Recommender(None, tokenizer, sids, prompt_settings(cfg))
+        window = history[-cfg.data.history_length :]
+        assert rec.prompt_ids(history) == prompt_ids(cfg, tokenizer, sids.token_lists(), window)
+
+
+def test_old_run_folders_read_their_settings_from_recipe_yaml(tiny_run, tmp_path):
+    import shutil
+
+    from gti_peft.recsys import PromptSettings
+
+    out, config = tiny_run
+    copy = tmp_path / "old"
+    shutil.copytree(out / "adapter", copy / "adapter")
+    shutil.copy(out / "recipe.yaml", copy / "recipe.yaml")
+    (copy / "adapter" / "recommender.json").unlink()
+    assert PromptSettings.load(copy / "adapter") == PromptSettings.load(out / "adapter")
+    (copy / "recipe.yaml").unlink()
+    with pytest.warns(UserWarning, match="records no prompt settings"):
+        assert PromptSettings.load(copy / "adapter") == PromptSettings()
+
+
+def test_a_merged_folder_with_the_semantic_ids_recommends_the_same(tiny_run, tmp_path):
+    import shutil
+
+    from gti_peft.recsys import Recommender
+    from gti_peft.sharing.hub import save_merged
+
+    out, _ = tiny_run
+    rec = Recommender.from_pretrained(out)
+    merged = save_merged(rec.model, rec.tokenizer, tmp_path / "merged")
+    for name in ("semantic_ids.safetensors", "recommender.json", "item_titles.json"):
+        shutil.copy(out / "adapter" / name, merged / name)
+    histories = [["m1", "m2", "m3"], ["m20", "m4"]]
+    ours, theirs = rec.recommend(histories, k=5), Recommender.from_pretrained(merged).recommend(histories, k=5)
+    for a, b in zip(ours, theirs):
+        assert [r.item for r in a] == [r.item for r in b]
+        torch.testing.assert_close(
+            torch.tensor([r.score for r in a]), torch.tensor([r.score for r in b]), atol=1e-4, rtol=0
+        )
+
+
+UNKNOWN = r"History 0 holds 2 item id\(s\) not in the catalog: \['nope', 'm99'\].*unknown_items='skip'"
+BAD_CALLS = [
+    ({"histories": ["m1", "nope", "m99"]}, UNKNOWN),
+    ({"histories": []}, "History 0 is empty"),
+    ({"histories": [["m1"], ["nope"]], "unknown_items": "skip"}, r"History 1 is empty after skipping 1 unknown id"),
+    ({"histories": ["m1"], "k": 21}, "`k` must be an integer between 1 and 20, got 21"),
+    ({"histories": [f"m{i}" for i in range(20)], "k": 5}, r"20 of the catalog's 24 items .* 4 item\(s\) to rank"),
+    ({"histories": ["m1"], "k": 3, "allowed_items": ["m1", "m2"]}, r"has 1 of the catalog's 2 items"),
+    ({"histories": ["m1"], "allowed_items": ["zzz"]}, r"`allowed_items` must name catalog items.*\['zzz'\]"),
+    ({"histories": "m1"}, "`histories` must be one history"),
+    ({"histories": ["m1"], "unknown_items": "drop"}, "`unknown_items` must be one of"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error"), BAD_CALLS)
+def test_bad_input_is_refused_before_any_model_work(tiny_recommender, kwargs, error):
+    rec = tiny_recommender
+    calls = []
+    hook = rec.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=error):
+            rec.recommend(**kwargs)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_unknown_items_skip_leaves_them_out(tiny_recommender):
+    skipped = tiny_recommender.recommend(["m1", "nope"], k=3, unknown_items="skip")
+    assert [r.item for r in skipped] == [r.item for r in tiny_recommender.recommend(["m1"], k=3)]
+
+
+def test_folders_without_semantic_ids_fail_before_the_model_loads(tiny_run, tmp_path):
+    import shutil
+
+    from gti_peft.recsys import Recommender
+
+    shutil.copytree(tiny_run[0] / "adapter", tmp_path / "bare")
+    (tmp_path / "bare" / "semantic_ids.safetensors").unlink()
+    (tmp_path / "bare" / "adapter_model.safetensors").unlink()  # loading the model would fail differently
+    with pytest.raises(FileNotFoundError, match=r"holds no semantic_ids.safetensors \(found .*adapter_config.json"):
+        Recommender.from_pretrained(tmp_path / "bare")
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub repo id"):
+        Recommender.from_pretrained(tmp_path / "missing" / "run")

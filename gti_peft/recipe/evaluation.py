@@ -6,10 +6,14 @@ travel as token lists (`SemanticIDs.token_lists()`), never as strings split agai
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from ..recsys import evaluate_rankings, popularity_ranking
-from ..recsys.beam_search import check_items_left, constrained_beam_search
+from ..recsys.beam_search import check_items_left
+from ..recsys.recommender import TITLES_FILE, PromptSettings, Recommender
 from ..recsys.trie import ItemTrie
 from ..training.precision import resolve_bf16
 from ..training.quantization import guard_cpu_4bit_training
@@ -24,25 +28,52 @@ def item_trie(tokenizer, token_lists: dict[str, list[str]]) -> ItemTrie:
     return ItemTrie({item: tokenizer.convert_tokens_to_ids(tokens) for item, tokens in token_lists.items()})
 
 
+def prompt_settings(config) -> PromptSettings:
+    """How this recipe turns a history into a prompt, for a `Recommender` (in evaluation and from the saved run)."""
+    from .data import SEQUENCE_PROMPT
+
+    data = config.data
+    return PromptSettings(
+        examples=data.examples,
+        prompt_style=data.prompt_style,
+        history_separator=data.history_separator,
+        max_history=data.history_length,
+        sequence_prompt=SEQUENCE_PROMPT,
+        num_beams=config.evaluation.num_beams,
+    )
+
+
+def write_recommender_files(config, items, out: Path) -> list[Path]:
+    """`recommender.json` (prompt settings) and `item_titles.json` under `out`, saved with the adapter so that
+    `Recommender.from_pretrained` rebuilds this run's prompts and shows titles."""
+    titles = dict(zip(items["item"], items["title"]))
+    (out / TITLES_FILE).write_text(json.dumps(titles, ensure_ascii=False))
+    return [prompt_settings(config).save(out), out / TITLES_FILE]
+
+
 def rank_items(
     model,
     tokenizer,
     prompts: list[list[int]],
-    trie: ItemTrie,
+    trie: ItemTrie | dict,
     num_beams: int,
     top_k: int,
     batch_size: int,
     exclude: list[set[str]] | None = None,
+    recommender: Recommender | None = None,
 ):
-    """Top-k item lists (best first) for each prompt, without the items of `exclude[i]` when given."""
+    """Top-k item lists (best first) for each prompt, without the items of `exclude[i]` when given, ranked by
+    `recommender` (built on `model` over the trie's items when not given)."""
     guard_cpu_4bit_training(model)  # evaluation must not stop a 4-bit CPU model from training later
-    was_training = model.training
-    model.eval()
-    results = constrained_beam_search(
-        model, tokenizer, prompts, trie, num_beams=num_beams, top_k=top_k, batch_size=batch_size, exclude=exclude
-    )
-    model.train(was_training)
-    return [[item for item, _ in ranked] for ranked in results]
+    if recommender is None:
+        catalog = (
+            trie
+            if isinstance(trie, dict)
+            else {i: tokenizer.convert_ids_to_tokens(list(s)) for i, s in trie.sequences.items()}
+        )
+        recommender = Recommender(model, tokenizer, catalog)
+    ranked = recommender.rank_prompts(prompts, top_k, exclude, num_beams=num_beams, batch_size=batch_size)
+    return [[rec.item for rec in recs] for recs in ranked]
 
 
 def known_items(examples, train_histories) -> list[set[str]]:
@@ -71,22 +102,30 @@ def popularity_rankings(train_histories, exclude: list[set[str]] | None, top_k: 
 
 
 def evaluate_next_item(
-    model, tokenizer, prompts: list[list[int]], examples, token_lists, train_histories, args, catalog_size: int
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    examples,
+    token_lists,
+    train_histories,
+    args,
+    catalog_size: int,
+    recommender: Recommender | None = None,
 ) -> dict:
     """Recall/NDCG@{5,10,20}, coverage and distinct top-1 of the model and of a popularity baseline, both ranked
     without each user's known items when `args.exclude_history` (see `known_items`).
 
-    `prompts[i]` is the encoded prompt of `examples[i]` (see `gti_peft.recipe.data.prompt_ids`).
+    `prompts[i]` is the encoded prompt of `examples[i]` (`recommender.prompt_ids(history)`); the ranking is
+    `recommender`'s (one over `model` and `token_lists` when not given).
     """
     targets = [ex["target"] for ex in examples]
     exclude = known_items(examples, train_histories) if args.exclude_history else None
     if exclude is not None:
         check_history_exclusion(examples, train_histories, len(token_lists), args.top_k)
-    trie = item_trie(tokenizer, token_lists)
     device = next(model.parameters()).device.type
     with torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_bf16(args.bf16)):
         rankings = rank_items(
-            model, tokenizer, prompts, trie, args.num_beams, args.top_k, args.batch_size, exclude=exclude
+            model, tokenizer, prompts, token_lists, args.num_beams, args.top_k, args.batch_size, exclude, recommender
         )
     ks = tuple(k for k in (5, 10, 20) if k <= args.top_k)
     popular = popularity_rankings(train_histories, exclude, args.top_k, len(targets))
@@ -108,9 +147,10 @@ def title_to_id_hits(
 ):
     """Does the model map an item's title to its ID (the grounding template title_to_tokens)? hit@1 and hit@10 with
     constrained decoding over every item."""
-    trie = item_trie(tokenizer, token_lists)
     prompts = [encode_prompt(tokenizer, _title_prompt(pair), prompt_style) for pair in pairs]
-    rankings = rank_items(model, tokenizer, prompts, trie, kwargs.get("num_beams", 10), 10, kwargs.get("batch", 8))
+    rankings = rank_items(
+        model, tokenizer, prompts, token_lists, kwargs.get("num_beams", 10), 10, kwargs.get("batch", 8)
+    )
     hit1 = sum(r[:1] == [item] for r, item in zip(rankings, items)) / len(items)
     hit10 = sum(item in r[:10] for r, item in zip(rankings, items)) / len(items)
     return {"title_to_id_hit@1": hit1, "title_to_id_hit@10": hit10, "n_items": len(items)}

@@ -13,6 +13,7 @@ from ..sharing.hub import save_for_hub
 from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 from .data import SID_FILE, check_example_length, check_grounding_mix, load_data, semantic_ids_stage
+from .evaluation import write_recommender_files
 from .memory_check import check_recipe_memory
 from .model import build_model
 from .outputs import prepare_output_dir, write_results
@@ -64,7 +65,8 @@ def run_recipe(config: RecipeConfig) -> dict:
         timings[stage] = time.perf_counter() - start
         results["geometry"][label] = diagnostics.summarize_model(model, reference)
         if state.is_main_process:
-            save_for_hub(model, tokenizer, folder, extra_files=[out / SID_FILE])
+            extra = [out / SID_FILE, *write_recommender_files(config, data.items, out)]  # for Recommender
+            save_for_hub(model, tokenizer, folder, extra_files=extra)
         state.wait_for_everyone()
 
     if "evaluate" in config.output.stages and state.is_main_process:

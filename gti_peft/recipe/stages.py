@@ -10,12 +10,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..recsys import SemanticIDs, format_metrics_table, grounding_pairs
+from ..recsys.recommender import Recommender
 from ..training.grounding import ground
 from ..training.precision import resolve_bf16
 from ..training.trainer import AnswerOnlyTrainer, answer_collator
 from .config import RecipeConfig, TrainStageArgs
-from .data import RecData, finetune_dataset, grounding_templates, prompt_ids
-from .evaluation import check_history_exclusion, evaluate_next_item
+from .data import RecData, finetune_dataset, grounding_templates
+from .evaluation import check_history_exclusion, evaluate_next_item, prompt_settings
 
 
 def training_options(stage: TrainStageArgs, output_dir: Path, seed: int) -> dict:
@@ -99,10 +100,12 @@ def evaluate_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, da
     """Next-item ranking of the first `evaluation.max_users` users (all by default) against popularity."""
     args = config.evaluation
     examples = evaluation_examples(config, data)
+    titles = dict(zip(data.items["item"], data.items["title"]))
+    recommender = Recommender(model, tokenizer, sids, prompt_settings(config), titles)  # as a saved run ranks
+    prompts = [recommender.prompt_ids(ex["history"]) for ex in examples]
     tokens = sids.token_lists()
-    prompts = [prompt_ids(config, tokenizer, tokens, ex["history"]) for ex in examples]
     metrics = evaluate_next_item(
-        model, tokenizer, prompts, examples, tokens, data.split.train, args, catalog_size=len(data.items)
+        model, tokenizer, prompts, examples, tokens, data.split.train, args, len(data.items), recommender
     )
     targets = {ex["user"]: ex["target"] for ex in examples}
     steps = config.grounding.max_steps if "ground" in config.output.stages else 0

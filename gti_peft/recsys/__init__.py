@@ -29,11 +29,15 @@ from .metrics import (
 )
 from .quantizers import METHODS as SEMANTIC_ID_METHODS
 from .quantizers import balanced_residual_kmeans, rqvae
+from .recommender import PromptSettings, Recommendation, Recommender
 from .semantic_ids import DEFAULT_ENCODER, SemanticIDs, embed_texts, residual_kmeans
 from .trie import ItemTrie
 
 __all__ = [
     "ItemTrie",
+    "PromptSettings",
+    "Recommendation",
+    "Recommender",
     "constrained_beam_search",
     "generate_baseline",
     "DEFAULT_ENCODER",
