@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
-from conftest import NEW_IDS, llama_config, tiny_llama, tiny_phi
+from conftest import NEW_IDS, llama_config, tiny_llama, tiny_phi, tiny_yaml
 from peft import PeftModel, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM
@@ -144,6 +146,23 @@ def test_an_unqueryable_device_warns_and_skips_the_check(tmp_path, capsys):
     with pytest.warns(UserWarning, match="Could not query"):
         estimate = check_recipe_memory(_recipe(tmp_path, batch_size=10**6), n_new_tokens=6, device="meta")
     assert estimate is not None and "device memory unknown" in capsys.readouterr().out
+
+
+def test_the_recipe_runs_its_memory_check_before_loading_the_model(tiny_run_files, tmp_path):
+    """A run whose predicted peak exceeds the machine is refused by `run_recipe` itself, before any training."""
+    from gti_peft.recipe import load_recipe_config, run_recipe
+
+    out = tmp_path / "too-big"
+    no_weights = tmp_path / "model-without-weights"  # the config and tokenizer only: loading the model would fail
+    shutil.copytree(tiny_run_files / "model", no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    available = device_memory("cpu")[1]
+    batch = int(available / 96 / 1000) + 1  # > 1,000 bytes a token at max_length 96: more than the machine has
+    overrides = [f"finetune.per_device_train_batch_size={batch}", f"model.name_or_path={no_weights}"]
+    config = load_recipe_config(tiny_yaml(tiny_run_files, out), overrides)
+    with pytest.raises(ValueError, match="predicted to need"):
+        run_recipe(config)
+    assert not (out / "grounded").exists() and not (out / "adapter").exists()
+    assert not (out / "checkpoints-ground").exists()  # refused before the first stage
 
 
 def _word_tokenizer(size: int):
