@@ -82,3 +82,12 @@ def test_a_wheel_carries_the_recipes_and_runs_them_without_the_checkout(tmp_path
     module_file, yaml_path, summary = out.stdout.strip().splitlines()[-3:]
     assert module_file.startswith(str(tmp_path / "site")) and yaml_path.startswith(str(tmp_path / "site"))
     assert summary == "recommendation offline:smollm2-135m-instruct"
+
+
+def test_recommend_takes_its_options_and_checks_the_input_before_the_run(tmp_path):
+    argv = ["recommend", "run", "--input", "h.csv", "--output", "r.jsonl", "--k", "5", "--batch-size", "16"]
+    args = build_parser().parse_args([*argv, "--user-column", "uid", "--history-column", "items"])
+    assert (args.run, args.k, args.batch_size, args.user_column, args.history_column) == ("run", 5, 16, "uid", "items")
+    assert not args.keep_history and args.unknown_items == "error"
+    with pytest.raises(ValueError, match="--input 'h.csv' must be an existing .jsonl, .csv or .parquet file"):
+        args.handler(args)

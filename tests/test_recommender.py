@@ -216,3 +216,59 @@ def test_folders_without_semantic_ids_fail_before_the_model_loads(tiny_run, tmp_
         Recommender.from_pretrained(tmp_path / "bare")
     with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub repo id"):
         Recommender.from_pretrained(tmp_path / "missing" / "run")
+
+
+def test_recommend_command_writes_jsonl_as_it_goes_and_resumes(tiny_run, tmp_path, capsys):
+    from gti_peft.cli import main
+
+    out, _ = tiny_run
+    rows = [{"user_id": f"u{i}", "history": [f"m{i}", f"m{i + 1}", f"m{i + 2}"]} for i in range(7)]
+    source = tmp_path / "histories.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = tmp_path / "recs.jsonl"
+    command = ["recommend", str(out), "--input", str(source), "--output", str(target), "--k", "4", "--batch-size", "3"]
+    assert main(command) == 0
+    assert "users/s" in capsys.readouterr().out
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [line["user"] for line in lines] == [r["user_id"] for r in rows]
+    for line, row in zip(lines, rows):
+        items = [r["item"] for r in line["recommendations"]]
+        assert len(set(items)) == 4 and not set(items) & set(row["history"])
+        assert line["recommendations"][0]["title"] == f"Film number {items[0][1:]}"
+    # an interrupted run: two users written and half of a third line; the rerun writes only the missing users
+    full = target.read_text()
+    first_two = "".join(full.splitlines(keepends=True)[:2])
+    target.write_text(first_two + full.splitlines(keepends=True)[2][:15])
+    assert main(command) == 0
+    assert "2 already written were skipped" in capsys.readouterr().out
+    assert target.read_text() == full
+    # the same histories as CSV (ids separated by spaces) give the same lines
+    csv_source = tmp_path / "histories.csv"
+    csv_source.write_text("user_id,history\n" + "".join(f"{r['user_id']},{' '.join(r['history'])}\n" for r in rows))
+    assert main([*command[:3], str(csv_source), "--output", str(tmp_path / "csv.jsonl"), *command[6:]]) == 0
+    assert (tmp_path / "csv.jsonl").read_text() == full
+
+
+def test_recommend_command_refuses_bad_files_before_the_model_loads(tiny_run, tmp_path):
+    from gti_peft.cli import main
+
+    out, _ = tiny_run
+    source = tmp_path / "h.jsonl"
+    source.write_text(
+        json.dumps({"user_id": "a", "history": ["m1"]}) + "\n" + json.dumps({"user_id": "b", "history": ["x9"]}) + "\n"
+    )
+    base = ["recommend", str(out), "--output", str(tmp_path / "r.jsonl")]
+    with pytest.raises(
+        ValueError, match=r"The history of user 'b' \(row 1\) holds 1 item id\(s\) not in the catalog: \['x9'\]"
+    ):
+        main([*base, "--input", str(source)])
+    with pytest.raises(ValueError, match=r"has no column \['items'\] .*--history-column"):
+        main([*base, "--input", str(source), "--history-column", "items"])
+    with pytest.raises(ValueError, match="must be an existing .jsonl, .csv or .parquet file"):
+        main([*base, "--input", str(tmp_path / "h.txt")])
+    source.write_text(
+        json.dumps({"user_id": "a", "history": ["m1"]}) + "\n" + json.dumps({"user_id": "a", "history": ["m2"]}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"1 repeated user\(s\), e.g. \['a'\]"):
+        main([*base, "--input", str(source)])
+    assert not (tmp_path / "r.jsonl").exists()

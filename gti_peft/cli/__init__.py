@@ -4,6 +4,7 @@ gti-peft train --config smollm2-135m/movielens            # a recipe shipped wit
 gti-peft train --config my.yaml --set adapter.init=mean   # or any YAML, with overrides
 gti-peft diagnostics outputs/run/adapter --out outputs/diag
 gti-peft extend-catalog --adapter outputs/run/adapter --new-items new.csv --output outputs/run/adapter-grown
+gti-peft recommend outputs/smollm2-135m-movielens --input histories.jsonl --output recs.jsonl
 accelerate launch -m gti_peft.cli train --config smollm2-135m/movielens
 """
 
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     "train": "gti_peft.cli.train",
     "diagnostics": "gti_peft.cli.diagnostics",
     "extend-catalog": "gti_peft.cli.extend_catalog",
+    "recommend": "gti_peft.cli.recommend",
 }
 
 
