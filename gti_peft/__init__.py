@@ -53,6 +53,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ground": "gti_peft.training.grounding",
     "GroundingReport": "gti_peft.training.grounding",
+    "GroundingConfig": "gti_peft.training.grounding_config",
     "check_adapter_fits": "gti_peft.sharing.hub",
     "export_for_peft": "gti_peft.sharing.hub",
     "push_to_hub": "gti_peft.sharing.hub",
@@ -81,6 +82,7 @@ __all__ = [
     "PEFT_TYPE_GTI",
     "GTIConfig",
     "GTIModel",
+    "GroundingConfig",
     "GroundingReport",
     "NewTokenEmbedding",
     "NewTokenLMHead",

@@ -39,8 +39,15 @@ def test_import_prints_nothing_and_loads_no_optional_dependency():
 
 
 def test_public_names_still_resolve_lazily():
-    result = _fresh("import gti_peft; print(gti_peft.ground.__module__, gti_peft.save_for_hub.__module__)")
-    assert result.stdout.split() == ["gti_peft.training.grounding", "gti_peft.sharing.hub"]
+    result = _fresh(
+        "import gti_peft; print(gti_peft.ground.__module__, gti_peft.save_for_hub.__module__, "
+        "gti_peft.GroundingConfig.__module__)"
+    )
+    assert result.stdout.split() == [
+        "gti_peft.training.grounding",
+        "gti_peft.sharing.hub",
+        "gti_peft.training.grounding_config",
+    ]
 
 
 def test_old_module_paths_import_the_moved_module_with_a_warning():

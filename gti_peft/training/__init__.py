@@ -8,6 +8,7 @@ import importlib
 _NAMES = {
     "ground": "grounding",
     "GroundingReport": "grounding",
+    "GroundingConfig": "grounding_config",
     "AnswerOnlyTrainer": "trainer",
     "answer_collator": "trainer",
     "answer_loss": "trainer",

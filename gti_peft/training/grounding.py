@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 import time
@@ -12,32 +13,17 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import TrainingArguments
 
 from ..method.layer import NewTokenEmbedding
 from ..method.model import new_token_parameters, new_token_rows
 from ..method.tokens import check_tokenizer_fits
 from . import diagnostics
+from .grounding_config import GroundingConfig
 from .quantization import guard_cpu_4bit_training
 from .templates import DEFAULT_TEMPLATES, GroundingTemplate, encode_prompt_answer, render_examples
 from .trainer import AnswerOnlyTrainer, answer_collator, answer_loss
 
 TEXT_FIELDS = ("text", "title", "description")
-# The paper's settings (lr 1e-3, batch 16, no weight decay on the rows); benchmarks/grounding_curves.py measures
-# shorter CPU budgets (README "Results").
-GROUNDING_DEFAULTS = {
-    "max_steps": 300,
-    "per_device_train_batch_size": 16,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.0,
-    "lr_scheduler_type": "constant_with_warmup",
-    "warmup_steps": 10,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
-    "remove_unused_columns": False,
-    "seed": 0,
-}
 
 
 @dataclass
@@ -165,63 +151,83 @@ def template_losses(model, dataset: Dataset, collator, per_template: int = 32, b
 
 
 @contextlib.contextmanager
-def _output_folder(options: dict):
-    """`options` with an `output_dir`: the caller's, or a temporary folder (for the trainer's files) removed after."""
-    if options.get("output_dir") is not None:
-        yield options
+def _output_folder(args: GroundingConfig):
+    """`args` with an `output_dir`: the caller's, or a temporary folder (for the trainer's files) removed after."""
+    if args.output_dir is not None:
+        yield args
         return
     with tempfile.TemporaryDirectory(prefix="gti-grounding-") as scratch:
-        yield {**options, "output_dir": scratch}
+        yield dataclasses.replace(args, output_dir=scratch)
+
+
+def _resolve_args(args, templates, settings: dict) -> tuple[GroundingConfig, tuple[GroundingTemplate, ...]]:
+    """One `GroundingConfig` from `args` or keyword settings, and the templates to ground with."""
+    if args is not None and not isinstance(args, GroundingConfig):
+        if isinstance(args, (list, tuple)) and all(isinstance(t, GroundingTemplate) for t in args):
+            templates, args = args, None  # ground(model, tokenizer, pairs, templates): the earlier signature
+        else:
+            raise TypeError(
+                f"ground()'s `args` must be a GroundingConfig, got {type(args).__name__}: pass "
+                "`GroundingConfig(max_steps=..., ...)`, or the settings as keywords."
+            )
+    if args is None:
+        args = GroundingConfig(**settings)  # bad settings fail here, before tokenizing or training
+    elif settings:
+        raise TypeError(
+            f"ground() got both `args` and the settings {sorted(settings)}: set them on the config instead, e.g. "
+            "`dataclasses.replace(args, max_steps=...)`."
+        )
+    if templates is not None and args.templates is not None:
+        raise ValueError(
+            f"ground() got template objects and GroundingConfig.templates={args.templates!r}: pass one of them."
+        )
+    return args, tuple(templates) if templates is not None else args.grounding_templates()
 
 
 def ground(
     model,
     tokenizer,
     pairs,
-    templates: tuple[GroundingTemplate, ...] | None = None,
+    args: GroundingConfig | None = None,
     *,
-    max_length: int = 256,
-    prompt_style: str = "chat",
+    templates: tuple[GroundingTemplate, ...] | None = None,
     reference=None,
     report_path: str | Path | None = None,
     resume_from_checkpoint: str | bool | None = None,
-    eval_examples_per_template: int = 32,
     callbacks: list | None = None,
-    **training_options,
+    **settings,
 ) -> GroundingReport:
     """Ground the new rows of a GTI `model` on `pairs` and return a `GroundingReport`.
 
     `pairs`: dicts (or a `datasets.Dataset`) with a `"tokens"` string of new tokens and text fields (`"text"`, or
     `"title"` / `"description"`). Every template whose fields a pair has is used (both directions).
-    `training_options` go to `transformers.TrainingArguments` (defaults: `GROUNDING_DEFAULTS`, e.g. lr 1e-3,
-    no weight decay); pass `output_dir` + `save_steps` for checkpoints and `resume_from_checkpoint` to resume.
+    `args`: a `GroundingConfig` (templates, prompt style, max length and every `TrainingArguments` field; the
+    paper's defaults, e.g. lr 1e-3, no weight decay). Or pass its fields as keywords (`max_steps=80`,
+    `learning_rate=1e-2`, `prompt_style="plain"`), not both. Set `output_dir` + `save_strategy="steps"` for
+    checkpoints and `resume_from_checkpoint` to resume.
+    `templates`: your own `GroundingTemplate`s instead of the named ones.
     `reference`: optional vectors for the RSA diagnostic (e.g. codebook vectors), lined up with the first
     `len(reference)` new tokens.
-    `prompt_style`: how prompts are tokenized (`gti_peft.training.templates.encode_prompt`); use the fine-tuning one.
     `callbacks`: `transformers.TrainerCallback`s, e.g. to evaluate the mapping while grounding runs.
     """
     if not isinstance(model.get_input_embeddings(), NewTokenEmbedding):
         raise ValueError("`model` carries no GTI adapter: create it with `get_peft_model(model, GTIConfig(...))`.")
     check_tokenizer_fits(model, tokenizer)
-    templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
+    args, templates = _resolve_args(args, templates, settings)
     pairs = _as_dicts(pairs)
     new_ids = set(new_token_rows(model)[0])
     validate_pairs(pairs, tokenizer, new_ids, [t for t in templates if t not in DEFAULT_TEMPLATES])
-    options = {**GROUNDING_DEFAULTS, **training_options}
-    with _output_folder(options) as options:  # the caller's, or a temporary one removed after training
-        options.setdefault("use_cpu", not torch.cuda.is_available())  # else CPU ranks never form a process group
-        args = TrainingArguments(**options)  # bad options fail here, before tokenizing or training
-
-        dataset = grounding_dataset(tokenizer, pairs, templates, max_length, prompt_style)
+    with _output_folder(args) as train_args:  # the caller's folder, or a temporary one removed after training
+        dataset = grounding_dataset(tokenizer, pairs, templates, args.max_length, args.prompt_style)
         collator = answer_collator(tokenizer)
         guard_cpu_4bit_training(model)
 
-        before = template_losses(model, dataset, collator, eval_examples_per_template)
+        before = template_losses(model, dataset, collator, args.eval_examples_per_template)
         geometry_before = diagnostics.summarize_model(model, reference)
         with only_new_rows_trainable(model):
             trainer = GroundingTrainer(
                 model=model,
-                args=args,
+                args=train_args,
                 train_dataset=dataset.remove_columns(["template"]),
                 data_collator=collator,
                 processing_class=tokenizer,
@@ -230,7 +236,7 @@ def ground(
             start = time.perf_counter()
             result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
             seconds = time.perf_counter() - start
-    after = template_losses(model, dataset, collator, eval_examples_per_template)
+    after = template_losses(model, dataset, collator, args.eval_examples_per_template)
     report = GroundingReport(
         steps=result.global_step,
         examples=len(dataset),
@@ -242,18 +248,17 @@ def ground(
         diagnostics_after=diagnostics.summarize_model(model, reference),
         train_seconds=seconds,
         seconds_per_step=seconds / max(result.global_step, 1),
-        settings={k: options[k] for k in sorted(options) if k != "output_dir"}
-        | {"max_length": max_length, "prompt_style": prompt_style},
+        settings=args.settings(),
     )
     config = model.peft_config[model.active_adapter]
     config.grounding = {
         "steps": report.steps,
-        "learning_rate": options["learning_rate"],
-        "batch_size": options["per_device_train_batch_size"],
+        "learning_rate": args.learning_rate,
+        "batch_size": args.per_device_train_batch_size,
         "templates": sorted(report.examples_per_template),
         "examples": report.examples,
         "final_loss": report.loss_history[-1][1] if report.loss_history else None,
-        "prompt_style": prompt_style,  # what later grounding (e.g. `extend_catalog`) must tokenize like
+        "prompt_style": args.prompt_style,  # what later grounding (e.g. `extend_catalog`) must tokenize like
     }
     if report_path is not None and trainer.is_world_process_zero():
         report.save(report_path)
