@@ -1,10 +1,10 @@
 """Every private PEFT / accelerate name gti-peft relies on, and every patch target, as a checked list.
 
-The bottom layer: it imports nothing of gti-peft. Nothing else in gti-peft imports a private name of PEFT,
-transformers or accelerate. The patches themselves live where they are installed (`gti_peft.method.registration`,
-`gti_peft.sharing.patches`); their targets are checked here. Each entry of `PRIVATE_SYMBOLS` says what is used and
-checks that the installed version still has it in the form gti-peft needs; `tests/test_compat.py` runs every check,
-so an upgrade that moves or changes one fails naming it.
+The bottom layer: it imports nothing of gti-peft but `_import_notices`. Nothing else in gti-peft imports a private
+name of PEFT, transformers, accelerate or bitsandbytes. The patches themselves live where they are installed
+(`gti_peft.method.registration`, `gti_peft.sharing.patches`); their targets are checked here. Each entry of
+`PRIVATE_SYMBOLS` says what is used and checks that the installed version still has it in the form gti-peft needs;
+`tests/test_compat.py` runs every check, so an upgrade that moves or changes one fails naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import peft
 import peft.peft_model
 from aenum import extend_enum
 from peft.utils import PeftType
+
+from . import _import_notices
 
 SUPPORTED_PEFT = ">=0.21,<0.22"  # keep in step with pyproject.toml; the matrix in README "Compatibility"
 
@@ -91,6 +93,8 @@ def guard_cpu_4bit_training(model) -> int:
     layers = _linear_4bit_layers(model)
     for _, layer in layers:
         setattr(layer, BNB_CPU_REPACK_FLAG, False)
+    if layers:  # a 4-bit model is in use: bitsandbytes' import-time kernel notice now concerns the user
+        _import_notices.release()
     return len(layers)
 
 

@@ -77,3 +77,22 @@ def test_held_notices_are_emitted_once_a_4bit_model_is_in_use(caplog):
             assert caplog.text == ""
     finally:
         _import_notices.stop_holding()
+
+
+def test_guarding_a_4bit_model_releases_the_held_notices(caplog):
+    import bitsandbytes as bnb
+    from torch import nn
+
+    from gti_peft.compat import guard_cpu_4bit_training
+
+    logger = logging.getLogger(_import_notices.HELD_LOGGERS[0])
+    _import_notices.hold()
+    try:
+        with caplog.at_level(logging.WARNING):
+            logger.warning("Failed to load CPU gemm_4bit_forward (test)")
+            guard_cpu_4bit_training(nn.Sequential(nn.Linear(8, 8)))  # nothing 4-bit: still held
+            assert "gemm_4bit_forward" not in caplog.text
+            assert guard_cpu_4bit_training(nn.Sequential(bnb.nn.Linear4bit(8, 8))) == 1
+            assert "gemm_4bit_forward" in caplog.text
+    finally:
+        _import_notices.stop_holding()
