@@ -1,14 +1,15 @@
-"""`gti-diagnostics`: geometry report for the new-token rows of a saved GTI adapter.
+"""`gti-peft diagnostics`: geometry report for the new-token rows of a saved GTI adapter.
 
 Example::
 
-    gti-diagnostics outputs/adapter --reference codebooks.pt --out outputs/diag --tokens "<a_1>" "<b_2>"
+    gti-peft diagnostics outputs/adapter --reference codebooks.pt --out outputs/diag --tokens "<a_1>" "<b_2>"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `gti-diagnostics` console script, kept for one release: `gti-peft diagnostics` is the command."""
+    print("`gti-diagnostics` is deprecated and goes in the next release: run `gti-peft diagnostics`.", file=sys.stderr)
     return run(build_parser().parse_args(argv))
 
 
