@@ -23,12 +23,13 @@ from accelerate import PartialState
 from render_results import format_curves
 from transformers import TrainerCallback, set_seed
 
-from gti_peft import diagnostics, ground, new_token_rows
+from gti_peft import ground, new_token_rows
 from gti_peft.recipe.config import load_recipe_config
 from gti_peft.recipe.data import load_data, semantic_ids_stage
 from gti_peft.recipe.evaluation import code_accuracy, title_to_id_hits
 from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
+from gti_peft.training import diagnostics
 from gti_peft.training.templates import PAPER_TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -126,7 +126,7 @@ def _train(model, batch: int, seq: int, steps: int = STEPS) -> float:
 
 def child(arm: str, path: str, quant: str, folder: Path) -> dict:
     import gti_peft
-    from gti_peft import diagnostics
+    from gti_peft.training import diagnostics
 
     tokenizer = _tokenizer(SHAPE["vocab_size"] + NEW)  # made before the measurement starts
     base = _base(quant, folder)
