@@ -170,6 +170,64 @@ def test_every_relative_link_leads_to_a_file(page):
     assert not missing, f"{page_id(page)}: {missing}"
 
 
+def test_the_module_map_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    modules = [p for p in (ROOT / "gti_peft").rglob("*.py") if not p.name.startswith("_")]
+    assert len(modules) > 30, len(modules)
+    unnamed = sorted(str(p.relative_to(ROOT)) for p in modules if not re.search(rf"\b{re.escape(p.name)}\b", text))
+    assert not unnamed, f"docs/architecture.md does not say what these modules are for: {unnamed}"
+
+
+def python_block(page: Path, first_line: str) -> str:
+    """The Python block of `page` that opens with `first_line`."""
+    found = [body for language, body in code_blocks(page.read_text()) if language == "python"]
+    opening = [body for body in found if body.startswith(first_line)]
+    assert len(opening) == 1, f"{page_id(page)}: {len(opening)} Python blocks open with {first_line!r}"
+    return opening[0]
+
+
+def substitute(block: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        assert old in block, f"the block no longer holds {old!r}: update this test's substitutions"
+        block = block.replace(old, new)
+    return block
+
+
+def test_the_quick_start_runs_and_the_adapter_it_saves_loads_as_the_sharing_page_shows(
+    tiny_run_files, tmp_path, monkeypatch
+):
+    """The README's quick start, run as written on a real (tiny, random) Llama saved with the real SmolLM2
+    tokenizer instead of the Hub's Qwen3 (2 grounding steps instead of 300), then docs/sharing.md's loading block on
+    the folder it saved."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    model_dir = repr(str(tiny_run_files / "model"))
+    quick_start = substitute(
+        python_block(README_PATH, "import gti_peft"),
+        {'"Qwen/Qwen3-0.6B"': model_dir, "max_steps=300": "max_steps=2, report_to=[], eval_examples_per_template=1"},
+    )
+    trained: dict = {}
+    exec(compile(quick_start, "README.md", "exec"), trained)
+    report = trained["report"]
+    assert report.diagnostics_after["effective_rank"] > report.diagnostics_before["effective_rank"]
+    saved = {p.name for p in (tmp_path / "my-adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= saved
+
+    loading = substitute(
+        python_block(ROOT / "docs" / "sharing.md", "import gti_peft"),
+        {'"outputs/smollm2-135m-movielens/adapter"': '"my-adapter"'},
+    )
+    loaded: dict = {}
+    exec(compile(loading, "docs/sharing.md", "exec"), loaded)
+    new_ids = trained["new_ids"]
+    assert loaded["tokenizer"].convert_tokens_to_ids(["<a_0>", "<b_1>"]) == [new_ids[0], new_ids[3]]
+    ids = torch.tensor([[1, new_ids[0], new_ids[3], 2]])
+    with torch.no_grad():
+        expected = trained["model"].eval()(input_ids=ids).logits
+        assert torch.allclose(loaded["model"].eval()(input_ids=ids).logits, expected, atol=1e-5)
+
+
 def test_ci_runs_the_readme_test_command():
     assert "make test" in README and "make demo" in README
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
