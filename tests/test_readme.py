@@ -205,7 +205,7 @@ def test_the_quick_start_runs_and_the_adapter_it_saves_loads_as_the_sharing_page
     model_dir = repr(str(tiny_run_files / "model"))
     quick_start = substitute(
         python_block(README_PATH, "import gti_peft"),
-        {'"Qwen/Qwen3-0.6B"': model_dir, "max_steps=300": "max_steps=2, report_to=[], eval_examples_per_template=1"},
+        {'"Qwen/Qwen3-0.6B"': model_dir, "max_steps=300": "max_steps=2, eval_examples_per_template=1"},
     )
     trained: dict = {}
     exec(compile(quick_start, "README.md", "exec"), trained)
