@@ -35,6 +35,9 @@ EXPECTED_DOCS = {
 }  # fmt: skip
 
 
+RECIPE_SECTIONS = {"task", "model", "data", "semantic_ids", "adapter", "grounding", "finetune", "evaluation", "output"}
+
+
 def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
@@ -130,11 +133,21 @@ def test_every_gti_peft_command_names_a_subcommand_and_shipped_recipe_that_exist
     assert not missing, missing
 
 
-def test_every_yaml_block_parses():
+def test_every_yaml_block_parses_and_recipe_yaml_loads_as_a_recipe(tmp_path):
+    """A block made of recipe sections must pass the recipe's own loader (unknown keys, types, contradictions)."""
+    from gti_peft.cli.train import load_config
+
     found = blocks("yaml")
-    assert found
-    for page, body in found:
-        assert isinstance(yaml.safe_load(body), dict), f"{page_id(page)}: a YAML block that is no mapping"
+    recipes = 0
+    for number, (page, body) in enumerate(found):
+        values = yaml.safe_load(body)
+        assert isinstance(values, dict), f"{page_id(page)}: a YAML block that is no mapping"
+        if set(values) <= RECIPE_SECTIONS:
+            path = tmp_path / f"block{number}.yaml"
+            path.write_text(body)
+            load_config(str(path))
+            recipes += 1
+    assert recipes >= 3, f"only {recipes} recipe YAML blocks found"
 
 
 def test_every_python_block_compiles_and_its_gti_peft_names_resolve():
