@@ -6,7 +6,7 @@
 
 Each run is the README's demo command in its own process (wall time includes start-up), with its own output_dir
 under outputs/benchmarks/demo[-<tag>]/. Writes benchmarks/results/demo-smollm2-movielens[-<tag>].json (with the
-CPU's instruction sets), which render_results.py turns into the README's demo section.
+CPU's instruction sets), which render_results.py turns into the demo section of docs/results.md.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from peft.utils import PeftType
 
 from . import _import_notices
 
-SUPPORTED_PEFT = ">=0.21,<0.22"  # keep in step with pyproject.toml; the matrix in README "Compatibility"
+SUPPORTED_PEFT = ">=0.21,<0.22"  # keep in step with pyproject.toml; the matrix in docs/compatibility.md
 
 # PEFT's TrainableTokens: `TrainableTokensWrapper.token_adapter` (a TrainableTokensLayer) holds the new rows in
 # `trainable_tokens_delta`; `export_for_peft` writes adapters in that format.
