@@ -198,12 +198,15 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients():
     model.train()
     (model(input_ids=batch).logits ** 2).sum().backward()
     normal = {n for n, p in params if p.grad.abs().sum() > 0}
+    normal_grads = {n: p.grad.clone() for n, p in params}
     for _, p in params:
         p.grad = None
     model.prepare_model_for_gradient_checkpointing(model)
     model.gradient_checkpointing_enable({"use_reentrant": True})
     (model(input_ids=batch).logits ** 2).sum().backward()
     assert {n for n, p in params if p.grad.abs().sum() > 0} == normal
+    for n, p in params:  # and the same values, not only the same parameters
+        torch.testing.assert_close(p.grad, normal_grads[n], msg=n)
     assert any(GTIModel.prefix in n for n in normal) and any("lora_" in n for n in normal)
     for n, p in model.named_parameters():
         assert (p.grad is not None) == (GTIModel.prefix in n or "lora_" in n), n
