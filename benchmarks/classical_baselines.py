@@ -7,8 +7,11 @@ may be recommended), as in the LLM arms' constrained beam search; the rows "(his
 RecBole/Cornac convention (the user's history items removed) from the same trained models.
 
 BPR's few settings are chosen on the valid targets (NDCG@10); SASRec keeps its best epoch on them. The JSON
-holds every user's top-20 list with its target, in the shape of the recipe's ``rankings.json``, for paired
-bootstraps against the LLM arms.
+holds every user's top-20 list with its target, in the shape of the recipe's ``rankings.json``, and every
+method's per-user hit ranks (``hit_ranks_gz``: gzip, see hit_ranks.py), for paired bootstraps against the LLM arms.
+Popularity, too, is reported with each user's history excluded (the recipe's `evaluation.exclude_history`).
+``--from-results`` reuses the BPR and SASRec rankings of an earlier results file (same split and targets) instead
+of training them again: popularity and the tables are recomputed.
 
     flock /tmp/gti-heavy.lock python benchmarks/classical_baselines.py   # about 15-20 min on 2 busy cores
 """
@@ -20,7 +23,9 @@ import json
 import time
 from pathlib import Path
 
+from baselines import BPRConfig, SASRecConfig, bpr_rankings, require_baseline_library, sasrec_rankings
 from environment import run_environment
+from hit_ranks import hit_ranks, pack
 
 from gti_peft.recsys import (
     evaluate_rankings,
@@ -30,7 +35,6 @@ from gti_peft.recsys import (
     popularity_ranking,
     user_histories,
 )
-from gti_peft.recsys.baselines import BPRConfig, SASRecConfig, bpr_rankings, require_baseline_library, sasrec_rankings
 
 RESULTS = Path(__file__).parent / "results" / "classical_baselines.json"
 TOP_K = 20
@@ -56,6 +60,24 @@ def tune_bpr(split, catalog, seed: int) -> tuple[BPRConfig, list[dict]]:
         print(f"BPR {vars(config)}: valid NDCG@10 {score:.4f} ({run.train_seconds:.1f} s)", flush=True)
     best = max(range(len(trials)), key=lambda j: (trials[j]["valid_ndcg@10"], -j))
     return configs[best], trials
+
+
+def unseen_top(ranking: list[str], history: list[str]) -> list[str]:
+    seen = set(history)
+    return [item for item in ranking if item not in seen][:TOP_K]
+
+
+def reuse(earlier: dict, split, runs: dict, timings: dict, settings: dict) -> None:
+    """BPR's and SASRec's rankings, timings and settings from an earlier results file of the same split."""
+    targets = {ex["user"]: ex["target"] for ex in split.test}
+    for name in ("BPR", UNSEEN.format("BPR"), "SASRec", UNSEEN.format("SASRec")):
+        stored = earlier["rankings"][name]
+        if {u: r["target"] for u, r in stored.items()} != targets:
+            raise ValueError(f"--from-results: {name}'s targets differ from this split's: train the models again.")
+        runs[name] = {u: r["ranking"] for u, r in stored.items()}
+        timings[name] = earlier["metrics"][name]["train_seconds"]
+    settings.update({k: earlier["settings"][k] for k in ("BPR", "SASRec")})
+    settings["reused_from"] = {"date": earlier.get("date"), "machine": earlier.get("machine")}
 
 
 def dump(result: dict, path: Path) -> None:
@@ -94,6 +116,10 @@ def write(path: Path, runs: dict, timings: dict, settings: dict, split, catalog:
         "recall@10_vs_popularity": {n: m["recall@10"] / popular_recall for n, m in metrics.items()},
         "settings": settings,
         "table": table,
+        "hit_ranks_gz": {
+            name: pack(hit_ranks({u: {"target": targets[u], "ranking": ranking} for u, ranking in r.items()}))
+            for name, r in runs.items()
+        },
         "rankings": {
             name: {user: {"target": targets[user], "ranking": ranking} for user, ranking in r.items()}
             for name, r in runs.items()
@@ -109,8 +135,10 @@ def main() -> None:
     parser.add_argument("--sasrec-epochs", type=int, default=SASRecConfig.n_epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--from-results", type=Path, help="reuse BPR and SASRec rankings of this results file")
     args = parser.parse_args()
     cornac = require_baseline_library()  # before any data work or training
+    earlier = json.loads(args.from_results.read_text()) if args.from_results else None
 
     interactions, items = load_movielens_100k()
     split = leave_one_out(user_histories(interactions, items, min_interactions=3))
@@ -120,7 +148,13 @@ def main() -> None:
 
     popular = popularity_ranking(split.train, k=TOP_K)
     runs["popularity"] = {ex["user"]: popular for ex in test}
-    timings["popularity"] = 0.0
+    everything = popularity_ranking(split.train)
+    runs[UNSEEN.format("popularity")] = {ex["user"]: unseen_top(everything, ex["history"]) for ex in test}
+    timings["popularity"] = timings[UNSEEN.format("popularity")] = 0.0
+    if earlier is not None:
+        reuse(earlier, split, runs, timings, settings)
+        write(args.output, runs, timings, settings, split, catalog, earlier["library"]["cornac"])
+        return
 
     start = time.perf_counter()
     bpr_config, bpr_trials = tune_bpr(split, catalog, args.seed)

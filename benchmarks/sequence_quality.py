@@ -14,8 +14,6 @@ folder. Per-user results are kept as hit ranks (gzip, base64) in benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import base64
-import gzip
 import json
 import shutil
 import subprocess
@@ -24,15 +22,24 @@ import time
 from pathlib import Path
 
 from environment import run_environment
+from hit_ranks import hit_ranks, hits_from_ranks, pack, unpack
 from paired import bootstrap_difference, format_difference
-
-from gti_peft.recsys import per_user_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
 OUT = ROOT / "outputs" / "benchmarks" / "sequence_quality"
 RESULTS = ROOT / "benchmarks" / "results" / "sequence_quality.json"
-COMMON = ["evaluation.max_users=null", "grounding.max_steps=80", "output.seed=0"]
+# 943 test users, history left out (evaluation.exclude_history's default); 10 beams give the top 10 (recall/NDCG@10)
+COMMON = [
+    "evaluation.max_users=null",
+    "evaluation.num_beams=10",
+    "evaluation.top_k=10",
+    "evaluation.batch_size=16",
+    "grounding.max_steps=40",
+    "grounding.save_steps=20",
+    "finetune.save_steps=50",
+    "output.seed=0",
+]
 WINDOWS = [
     "data.examples=windows",
     "data.max_history=5",
@@ -53,11 +60,11 @@ def sequences(steps: int, history: int = 20, batch: int = 8) -> list[str]:
     ]
 
 
-# arm -> (semantic-ID embedding, overrides); trained in this order
+# arm -> (semantic-ID embedding, overrides). The ID arms run side by side as 1-thread processes (--arms one each).
 ARMS = {
-    "seq_text_150": ("text", sequences(150)),
-    "seq_collab_150": ("collaborative", sequences(150)),
-    "seq_textcollab_150": ("text+collaborative", sequences(150)),
+    "seq_text_100": ("text", sequences(100)),
+    "seq_collab_100": ("collaborative", sequences(100)),
+    "seq_textcollab_100": ("text+collaborative", sequences(100)),
     "windows_text_100": ("text", WINDOWS),
 }
 
@@ -118,28 +125,6 @@ def evaluate(arms: list[str]) -> None:
         (out / "evaluated.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
 
 
-def hit_ranks(rankings: dict) -> dict[str, int]:
-    """user -> 1-based rank of the target in the user's list (0: not in it)."""
-    return {
-        u: (r["ranking"].index(r["target"]) + 1 if r["target"] in r["ranking"] else 0) for u, r in rankings.items()
-    }
-
-
-def pack(ranks: dict[str, int]) -> str:
-    return base64.b64encode(gzip.compress(json.dumps(ranks, sort_keys=True).encode())).decode()
-
-
-def unpack(text: str) -> dict[str, int]:
-    return json.loads(gzip.decompress(base64.b64decode(text)))
-
-
-def hits_from_ranks(ranks: dict[str, int], k: int = 10) -> dict[str, tuple[float, float]]:
-    """Per-user (recall@k, ndcg@k) from hit ranks (the same numbers `per_user_hits` gives from full lists)."""
-    import math
-
-    return {u: ((1.0, 1 / math.log2(r + 1)) if 0 < r <= k else (0.0, 0.0)) for u, r in ranks.items()}
-
-
 def report() -> dict:
     result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     arms = result.setdefault("arms", {})
@@ -160,12 +145,11 @@ def report() -> dict:
             "evaluate_s": json.loads((out / "evaluated.json").read_text())["wall_s"],
             "hit_ranks_gz": pack(hit_ranks(rankings)),
         }
-        assert per_user_hits  # per-user hits of the lists equal hits_from_ranks (tests/test_classical_baselines)
     baselines = ROOT / "benchmarks" / "results" / "classical_baselines.json"
     sasrec = None
     if baselines.exists():
         classical = json.loads(baselines.read_text())
-        ranks = classical.get("hit_ranks_excluded_gz", {}).get("SASRec")
+        ranks = classical.get("hit_ranks_gz", {}).get("SASRec (history excluded)")
         sasrec = hits_from_ranks(unpack(ranks)) if ranks else None
     for entry in arms.values():
         if sasrec is not None:

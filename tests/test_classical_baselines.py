@@ -4,11 +4,14 @@ test targets, seeded repeatability, and the guard that names the missing library
 import importlib.util
 import random
 import sys
+from pathlib import Path
 
 import pytest
 
 from gti_peft.recsys import leave_one_out
-from gti_peft.recsys.baselines import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmark-only code, not the package
+from baselines import (  # noqa: E402
     BPRConfig,
     SASRecConfig,
     bpr_rankings,

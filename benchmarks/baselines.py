@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .data import SequenceExample
+from gti_peft.recsys.data import SequenceExample
 
 BASELINE_PACKAGE = "cornac"
 BASELINE_MIN_VERSION = "3.0.1"  # the first release with SASRec among Cornac's next-item models
