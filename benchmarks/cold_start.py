@@ -18,13 +18,12 @@ the same run: the trained adapter before extension (cannot name a new item: 0 by
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
 import torch
-from environment import run_environment
+from common import OUTPUTS, ROOT, result_path, write_result
 
 from gti_peft.assets.offline import MINILM, resolve
 from gti_peft.recipe import load_recipe_config, run_recipe
@@ -43,7 +42,6 @@ from gti_peft.recsys import (
 )
 from gti_peft.recsys.catalog import extend_catalog
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
 
 
@@ -60,8 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--old-sample", type=int, default=100, help="old items checked for forgetting")
     parser.add_argument("--max-history", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=str(ROOT / "outputs" / "benchmarks" / "cold_start"))
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "cold_start.json"))
+    parser.add_argument("--workdir", default=str(OUTPUTS / "cold_start"))
+    parser.add_argument("--output", default=str(result_path("cold_start")))
     return parser.parse_args()
 
 
@@ -162,8 +160,7 @@ def text_knn(items, examples) -> dict:
 
 def save(args, report: dict) -> None:
     """Write the results so far (a long run keeps every finished arm)."""
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_result(args.output, report)
 
 
 def print_table(results: dict) -> None:
@@ -191,7 +188,7 @@ def main() -> None:
     examples = [ex for ex in full.test if ex["target"] in new]
     print(f"{len(new)} new items, {len(examples)} test users whose target is new", flush=True)
     results = {"text kNN (MiniLM)": {"new_target_users": text_knn(items, examples)}}
-    report = {**run_environment(), "config": {k: v for k, v in vars(args).items() if k not in ("output", "workdir")}}
+    report = {"config": {k: v for k, v in vars(args).items() if k not in ("output", "workdir")}}
     report |= {"new_items": len(new), "new_target_users": len(examples), "timings": {}, "arms": results}
     save(args, report)
     start = time.perf_counter()

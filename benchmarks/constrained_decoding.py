@@ -10,15 +10,13 @@ interleaved (alternating which goes first).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import result_path, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gti_peft.assets.offline import resolve
@@ -43,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "constrained_decoding.json"))
+    parser.add_argument("--output", default=str(result_path("constrained_decoding")))
     return parser.parse_args()
 
 
@@ -139,7 +137,6 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "model", "device")},
         "catalog_items": len(trie),
         "new_tokens": CODES * len(LEVELS),
@@ -153,9 +150,7 @@ def main() -> None:
         "top1_identical_fraction": same_top1,
         "max_score_gap_on_identical_lists": score_gap,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_result(args.output, report)}")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from environment import run_environment
+from common import result_path, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gti_peft.assets.offline import resolve
@@ -41,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trie-only", action="store_true", help="build time and memory only (no model, no users/s)")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "decoding_scale.json"))
+    parser.add_argument("--output", default=str(result_path("decoding_scale")))
     return parser.parse_args()
 
 
@@ -153,15 +151,12 @@ def main() -> None:
     for name, t in targets.items():
         print(f"{name}: {t['value']} (target {t['target']}): {'PASS' if t['pass'] else 'FAIL'}")
     report = {
-        **run_environment(),
         "model": args.model,
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "model")},
         "rows": rows,
         "targets": targets,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_result(args.output, report)}")
 
 
 if __name__ == "__main__":

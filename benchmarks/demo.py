@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from environment import run_environment
+from common import OUTPUTS, ROOT, result_path, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
 RUNS = {"gti": [], "mean_no_grounding": ["--set", "grounding.max_steps=0", "--set", "finetune.grounding_mix=0"]}
 KEEP = ("command", "wall_seconds", "metrics", "timings_s", "geometry")
@@ -45,15 +44,14 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {list(RUNS)}")
     args = parser.parse_args()
     suffix = f"-{args.tag}" if args.tag else ""
-    out_root = ROOT / "outputs" / "benchmarks" / f"demo{suffix}"
+    out_root = OUTPUTS / f"demo{suffix}"
     done = {name: run(out_root, name, RUNS[name]) for name in args.runs.split(",")}
     gti = done["gti"]
-    result = {k: gti[k] for k in (*KEEP, "table", "grounding", "finetune") if k in gti} | run_environment()
+    result = {k: gti[k] for k in (*KEEP, "table", "grounding", "finetune") if k in gti}
     if "mean_no_grounding" in done:
         result["baseline_mean_no_grounding"] = {k: done["mean_no_grounding"][k] for k in KEEP}
-    path = ROOT / "benchmarks" / "results" / f"demo-smollm2-movielens{suffix}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(result["table"], f"\nwall time {result['wall_seconds'] / 60:.1f} min on {result['machine']}")
+    path = write_result(result_path(f"demo-smollm2-movielens{suffix}"), result)
+    print(result["table"], f"\nwall time {result['wall_seconds'] / 60:.1f} min; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import result_path, write_result
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
     "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 128_256},
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--folder", default="/tmp/gti-random-base", help="Where the random base is saved once.")
     parser.add_argument("--steps", type=int, default=6, help="Steps per arm; the first two are not timed.")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_memory.json"))
+    parser.add_argument("--out", default=str(result_path("gpu_memory")))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = Path(args.folder) / args.shape
@@ -143,7 +143,6 @@ def main() -> None:
     results = {"shape": args.shape, "seq": SEQ, "rank": RANK, "new_tokens": NEW_TOKENS, "arms": {}}
     results["build_s"] = time.perf_counter() - start
     results["device"] = torch.cuda.get_device_name() if CUDA else "cpu"
-    results["versions"] = {"torch": torch.__version__}
     for arm in ("gti", "trainable_tokens"):
         cmd = [sys.executable, __file__, "--shape", args.shape, "--folder", args.folder, "--steps", str(args.steps)]
         proc = subprocess.run([*cmd, "--child", arm], capture_output=True, text=True)
@@ -163,7 +162,7 @@ def main() -> None:
         results["gti_fits_16_gib"] = gti["peak_allocated_gib"] < 16
         results["memory_ratio_gti_vs_tt"] = gti["peak_allocated_gib"] / tt["peak_allocated_gib"]
         results["step_ratio_gti_vs_tt"] = gti["median_step_s"] / tt["median_step_s"]
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_result(args.out, results)
     print(json.dumps(results, indent=2))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from render_results import format_curves
+from common import ROOT, load_result, result_path, write_result
 from transformers import TrainerCallback, set_seed
 
 from gti_peft import ground, new_token_rows
@@ -31,9 +31,6 @@ from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
 from gti_peft.training import diagnostics
 from gti_peft.training.templates import PAPER_TEMPLATES
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "grounding_curves.json"
 
 
 class CurveCallback(TrainerCallback):
@@ -59,7 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-items", type=int, default=100, help="Items for title -> ID and code accuracy.")
     parser.add_argument("--templates", default="", help="Comma-separated template names (default: the paper's six).")
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=str(result_path("grounding_curves")))
     args = parser.parse_args()
 
     config = load_recipe_config(args.config, ["output.output_dir=outputs/benchmarks/grounding-curves"])
@@ -78,7 +75,7 @@ def main() -> None:
     names = args.templates.split(",") if args.templates else [t.name for t in PAPER_TEMPLATES]
     templates = [t for t in PAPER_TEMPLATES if t.name in names]
     path = Path(args.out)
-    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    results = load_result(path) or {"runs": {}}
     results["settings"] = vars(args) | {
         "model": config.model.name_or_path,
         "n_new_tokens": len(sids.vocabulary()),
@@ -109,8 +106,7 @@ def main() -> None:
             point["eval_seconds"] = time.perf_counter() - start
             curve.append(point)
             results["runs"][key] = {"curve": curve, "done": False}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=2))
+            write_result(path, results)
             print(json.dumps(point), flush=True)
 
         report = ground(
@@ -134,8 +130,8 @@ def main() -> None:
             "seconds_per_step": report.seconds_per_step,
             "done": True,
         }
-        path.write_text(json.dumps(results, indent=2))
-    print(format_curves(results))
+        write_result(path, results)
+    print(f"wrote {path}; table: .venv/bin/python benchmarks/render_results.py")
 
 
 if __name__ == "__main__":

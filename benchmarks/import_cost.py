@@ -7,14 +7,11 @@ Prints a table and writes benchmarks/results/import_cost.json (with the run envi
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
-from environment import run_environment
+from common import result_path, write_result
 
-RESULT = Path(__file__).parent / "results" / "import_cost.json"
 PROBE = """
 import sys
 {pre}
@@ -49,7 +46,7 @@ def main() -> None:
             f"{label:>20}: peft {peft['modules']} modules {peft['rss_mb']} MB; gti_peft {gti['modules']} modules "
             f"{gti['rss_mb']} MB (+{rows[label]['extra_modules']} modules, +{rows[label]['extra_rss_mb']} MB)"
         )
-    RESULT.write_text(json.dumps({"environment": run_environment(), "import_cost": rows}, indent=2) + "\n")
+    print(f"wrote {write_result(result_path('import_cost'), {'import_cost': rows})}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import result_path, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import run_environment  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 1, "num_attention_heads": 32,
          "num_key_value_heads": 8, "vocab_size": 128_256}  # fmt: skip
 NEW, RANK, SEQ, ANSWER, STEPS = 1024, 16, 256, 16, 3
@@ -227,7 +224,7 @@ def main() -> None:
         setup(folder, args.setup)
         print("RESULT {}", flush=True)
         return
-    results = run_environment() | {"shape": SHAPE, "new_tokens": NEW, "rank": RANK, "seq": SEQ}
+    results = {"shape": SHAPE, "new_tokens": NEW, "rank": RANK, "seq": SEQ}
     if args.validate:
         results["validation"] = {}
         for allocator, env in ALLOCATORS.items():
@@ -244,8 +241,7 @@ def main() -> None:
                 label += f" drop {row['lora_dropout']} gc {row['gradient_checkpointing']}"
                 print(f"{label:<44}{row['measured_bytes'] / 1e9:12.3f}{row['predicted']['total'] / 1e9:13.3f}"
                       f"{row['residual']:+10.1%}")  # fmt: skip
-        out = Path(args.out or ROOT / "benchmarks" / "results" / "memory_model.json")
-        out.write_text(json.dumps(results, indent=2))
+        write_result(args.out or result_path("memory_model"), results)
         return
     folder.mkdir(parents=True, exist_ok=True)
     embedding_bytes = SHAPE["vocab_size"] * SHAPE["hidden_size"] * 2
@@ -269,8 +265,7 @@ def main() -> None:
     results["targets"] = _targets(results["runs"], embedding_bytes)
     for name, ok in results["targets"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / "memory.json")
-    out.write_text(json.dumps(results, indent=2))
+    write_result(args.out or result_path("memory"), results)
 
 
 def _targets(runs: dict, embedding_bytes: int) -> dict[str, bool]:

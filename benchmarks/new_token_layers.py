@@ -27,7 +27,6 @@ Results: printed Markdown table + benchmarks/results/new_token_layers.json (`--o
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import platform
@@ -40,9 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import peft
 import torch
-import transformers
+from common import result_path, write_result
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -247,7 +245,7 @@ def main() -> None:
     parser.add_argument("--mem-steps", type=int, default=2, help="steps per memory subprocess")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes for a smoke run")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "new_token_layers.json"))
+    parser.add_argument("--out", default=str(result_path("new_token_layers")))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -273,8 +271,6 @@ def main() -> None:
     table, checks = report(results)
     print("\n" + table + "\n\nTargets:\n" + "\n".join(checks))
     record = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
@@ -289,8 +285,7 @@ def main() -> None:
         "table_markdown": table,
         "targets": checks,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
+    write_result(args.out, record)
     print(f"\nwrote {args.out}")
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common import ARM_LABELS, RESULTS, load_result
 from paired import format_difference
-from render_catalog import load_result
 
 PROFILES = ("cpu", "cpu-long")
-ARMS = {"gti_mean": "GTI", "gti_mix": "GTI + continual grounding", "mean": "mean start"}
 
 
 def curve_points() -> dict[tuple[str, int], dict[int, float]]:
@@ -31,7 +30,7 @@ def curve_points() -> dict[tuple[str, int], dict[int, float]]:
             points.setdefault((arm, int(seed[4:])), {})[run["finetune"]["steps"]] = run["metrics"]["model"][
                 "recall@10"
             ]
-    return {k: points[k] for k in sorted(points) if k[0] in ARMS or k[0] == "mean_compute_matched"}
+    return {k: points[k] for k in sorted(points) if k[0] in ARM_LABELS}
 
 
 def _bootstrap(data: dict, name: str) -> str:
@@ -103,7 +102,7 @@ def budget_section() -> list[str]:
         if arm == "mean_compute_matched":
             continue
         cells = [f"{run[s]:.4f}" if s in run else "-" for s in steps]
-        lines.append(f"| {ARMS[arm]}, seed {seed} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ARM_LABELS[arm]}, seed {seed} | " + " | ".join(cells) + " |")
     gaps = [_seed0_gap(step) for step in steps]
     lines.append("| GTI - mean, seed 0 [95% CI] | " + " | ".join(gaps) + " |")
     matched = [(seed, run) for (arm, seed), run in points.items() if arm == "mean_compute_matched"]
@@ -116,7 +115,7 @@ def budget_section() -> list[str]:
             for s, run in matched
         ),
     ]
-    plot_budget(points, Path(__file__).resolve().parent / "results" / "budget-curve.png")
+    plot_budget(points, RESULTS / "budget-curve.png")
     lines += [
         "",
         "Every arm's table (new rows' geometry, title -> ID hits, costs): `benchmarks/results/quality-cpu-long.md`.",
@@ -133,7 +132,7 @@ def plot_budget(points: dict[tuple[str, int], dict[int, float]], path: Path) -> 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (arm, seed), run in points.items():
         steps = sorted(run)
-        label = "compute-matched mean" if arm == "mean_compute_matched" else ARMS[arm]
+        label = ARM_LABELS[arm]
         style = {"gti_mean": "C0", "gti_mix": "C2", "mean": "C1", "mean_compute_matched": "C3"}[arm]
         ax.plot(
             steps, [run[s] for s in steps], "o-" if seed == 0 else "s--", color=style, label=f"{label}, seed {seed}"

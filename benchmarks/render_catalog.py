@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from common import load_result
 from paired import METRICS, format_difference
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def load_result(name: str) -> dict | None:
-    """`benchmarks/results/<name>.json`, or None where that benchmark has not run."""
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _cell(value: float | None) -> str:

@@ -15,13 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from environment import run_environment
+from common import OUTPUTS, ROOT, result_path, write_result
 from paired import bootstrap_difference, load_hits
 from quality import PROFILES, arm_config, run_arm
 
 from gti_peft.recsys.quantizers import METHODS
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "residual_kmeans"
 
 
@@ -35,8 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != REFERENCE] + [REFERENCE])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks"))
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "semantic_id_recall.json"))
+    parser.add_argument("--out", default=str(OUTPUTS))
+    parser.add_argument("--output", default=str(result_path("semantic_id_recall")))
     args = parser.parse_args()
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
@@ -63,10 +62,8 @@ def main() -> None:
     if REFERENCE in hits:
         for method in (m for m in hits if m != REFERENCE):
             bootstrap[f"{method} - {REFERENCE}"] = bootstrap_difference(hits[REFERENCE], hits[method])
-    report = {**run_environment(), "arm": "gti_mix (quality --profile cpu)", "seed": args.seed, "runs": runs}
-    report["bootstrap"] = bootstrap
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    report = {"arm": "gti_mix (quality --profile cpu)", "seed": args.seed, "runs": runs, "bootstrap": bootstrap}
+    write_result(args.output, report)
     print(json.dumps({"runs": runs, "bootstrap": bootstrap}, indent=1))
 
 

@@ -14,13 +14,12 @@ the same IDs. The effect on recall@10 is `benchmarks/semantic_id_recall.py` (one
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
-from environment import run_environment
+from common import load_result, result_path, run_environment, write_result
 
 from gti_peft.recsys import SemanticIDs, embed_texts, item_texts, load_movielens_100k
 from gti_peft.recsys.quantizers import METHODS
@@ -37,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--scale", nargs="*", type=int, default=None, help="also time each builder on this many synthetic items"
     )
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "semantic_ids.json"))
+    parser.add_argument("--output", default=str(result_path("semantic_ids")))
     return parser.parse_args()
 
 
@@ -81,11 +80,10 @@ def build_scaling(sizes: list[int], methods, levels: int, codes: int, seed: int)
 def main() -> None:
     args = parse_args()
     if args.scale:
-        path = Path(args.output)
-        report = json.loads(path.read_text()) if path.exists() else {}
+        report = load_result(Path(args.output)) or {}
         scaling = build_scaling(args.scale, args.methods, args.levels, args.codes, args.seed)
-        report["build_seconds_by_size"] = {**run_environment(), "seconds": scaling}
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        report["build_seconds_by_size"] = {**run_environment(), "seconds": scaling}  # the builders' run keeps its own
+        write_result(args.output, report, environment=False)
         return
     _, items = load_movielens_100k()
     ids, texts = item_texts(items)
@@ -114,7 +112,6 @@ def main() -> None:
             f"{r['largest_group']} | {r['tokens_per_item']} | {r['new_tokens']} | {r['build_seconds']:.1f} |"
         )
     report = {
-        **run_environment(),
         "dataset": "movielens-100k",
         "items": len(ids),
         "config": {k: v for k, v in vars(args).items() if k != "output"},
@@ -122,12 +119,10 @@ def main() -> None:
         "builders": results,
         "recall_at_10": "benchmarks/results/semantic_id_recall.json",
     }
-    previous = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
+    previous = load_result(Path(args.output)) or {}
     if "build_seconds_by_size" in previous:  # written by --scale
         report["build_seconds_by_size"] = previous["build_seconds_by_size"]
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_result(args.output, report)}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from environment import run_environment
+from common import ROOT, load_result, result_path, write_result
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -42,8 +42,6 @@ from gti_peft.recsys import grounding_pairs
 from gti_peft.training.precision import bf16_is_faster
 from gti_peft.training.trainer import AnswerOnlyTrainer, answer_collator, answer_loss
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "smollm2-135m" / "movielens.yaml"
 STOCK = "stock Trainer + PEFT TrainableTokens, fp32"
 
@@ -190,7 +188,8 @@ def subprocess_part(script: str, extra: list[str]) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *extra], check=True)
     name = script.removesuffix(".py")
-    return {"json": f"benchmarks/results/{name}.json", "wall_s": time.perf_counter() - start, "args": extra}
+    json_path = result_path(name).relative_to(ROOT)
+    return {"json": str(json_path), "wall_s": time.perf_counter() - start, "args": extra}
 
 
 def main() -> None:
@@ -198,11 +197,10 @@ def main() -> None:
     parser.add_argument("--parts", default="trainer,layers,decoding")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps-per-round", type=int, default=4, help="the first of each round is not timed")
-    parser.add_argument("--out", default=str(RESULTS / "speed.json"))
+    parser.add_argument("--out", default=str(result_path("speed")))
     args = parser.parse_args()
     path = Path(args.out)
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results |= run_environment()
+    results = load_result(path) or {}
     for part in args.parts.split(","):
         if part == "trainer":
             results["trainer"] = trainer_part(args)
@@ -212,7 +210,7 @@ def main() -> None:
             results["decoding"] = subprocess_part("constrained_decoding.py", ["--num-beams", "20", "--users", "40"])
         else:
             raise ValueError(f"--parts has unknown part {part!r}; known: trainer, layers, decoding.")
-        path.write_text(json.dumps(results, indent=2))
+        write_result(path, results)
     print(json.dumps(results.get("trainer", {}).get("rows", {}), indent=2))
 
 

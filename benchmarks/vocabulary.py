@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from environment import run_environment
+from common import OUTPUTS, ROOT, result_path, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "smollm2-135m/wordnet"
-OUT = ROOT / "outputs" / "benchmarks" / "vocabulary"
+OUT = OUTPUTS / "vocabulary"
 # kernels limited to AVX2 on an AVX512 machine: what a laptop-class CPU runs
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 METRICS = ("heldout_new_token_loss", "heldout_loss", "text_to_token_accuracy")
@@ -53,7 +52,6 @@ def run_seed(seed: int, avx2: bool, extra: list[str], root: Path = OUT) -> dict:
 
 def pooled_bootstrap(runs: dict[int, dict], gti: str, baseline: str, samples: int = 5000) -> dict:
     """Paired bootstrap over held-out sentences of the seed-averaged new-token loss (GTI minus baseline)."""
-    sys.path.insert(0, str(ROOT))
     from gti_peft.recipe.vocabulary import sentence_losses
     from gti_peft.recsys.metrics import paired_bootstrap
 
@@ -83,15 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--avx2-seeds", type=int, nargs="*", default=[], help="Seeds run with AVX2 kernels only.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Recipe override (all seeds).")
     parser.add_argument("--out", type=Path, default=OUT, help="Folder of the runs (one per seed).")
-    parser.add_argument(
-        "--results", type=Path, default=ROOT / "benchmarks" / "results" / "vocabulary-smollm2-wordnet.json"
-    )
+    parser.add_argument("--results", type=Path, default=result_path("vocabulary-smollm2-wordnet"))
     args = parser.parse_args(argv)
     extra = [x for override in args.overrides for x in ("--set", override)]
     runs = {seed: run_seed(seed, seed in args.avx2_seeds, extra, args.out) for seed in args.seeds}
     gti, baseline = list(runs[args.seeds[0]]["arms"])
     chance = runs[args.seeds[0]]["arms"][gti]["metrics"]["chance_accuracy"]
-    result = run_environment() | {
+    result = {
         "config": CONFIG,
         "overrides": args.overrides,
         "new_tokens": runs[args.seeds[0]]["new_tokens"],
@@ -113,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pooled_paired_bootstrap_new_token_loss": pooled_bootstrap(runs, gti, baseline),
         "table": table(runs),
     }
-    args.results.write_text(json.dumps(result, indent=2, default=str))
+    write_result(args.results, result)
     print(result["table"])
     print(
         "pooled paired bootstrap (GTI - mean start, new-token loss):", result["pooled_paired_bootstrap_new_token_loss"]
