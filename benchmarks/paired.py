@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from hit_ranks import hits_from_ranks, unpack
+
 from gti_peft.recsys import paired_bootstrap, per_user_hits
 
 METRICS = ("recall@10", "ndcg@10")
@@ -11,6 +15,13 @@ def load_hits(rankings: dict, k: int = 10) -> dict[str, tuple[float, float]]:
     """user -> (recall@k, ndcg@k) from a run's rankings ({user: {"target", "ranking"}}, as in rankings.json)."""
     targets = {u: r["target"] for u, r in rankings.items()}
     return per_user_hits({u: r["ranking"] for u, r in rankings.items()}, targets, k)
+
+
+def packed_hits(packed: str, users: Iterable[str] | None = None, k: int = 10) -> dict[str, tuple[float, float]]:
+    """user -> (recall@k, ndcg@k) from packed hit ranks (`hit_ranks.pack`), in `users`' order where given (a
+    bootstrap resamples users in the order of its first argument)."""
+    hits = hits_from_ranks(unpack(packed), k)
+    return hits if users is None else {u: hits[u] for u in users if u in hits}
 
 
 def average_hits(runs: list[dict]) -> dict[str, tuple[float, float]]:

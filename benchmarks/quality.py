@@ -2,37 +2,32 @@
 
     .venv/bin/python benchmarks/quality.py --profile cpu            # SmolLM2-135M, 2 CPU cores, every arm
     .venv/bin/python benchmarks/quality.py --profile cpu-long       # 5x the fine-tuning budget, 4 arms, ~4 h
-    # ~2.5 h on 2 cores as 1-thread processes that share the results file and split the work, e.g.
-    #   OMP_NUM_THREADS=1 ... --profile cpu-long --arms gti_mean,gti_mix --no-curve
-    #   OMP_NUM_THREADS=1 ... --profile cpu-long --arms mean --no-curve, then --arms mean_compute_matched --no-curve
-    #   (it needs gti_mean seed 0's timings), then both: --arms gti_mean,mean (the curve; each claims its points)
     .venv/bin/python benchmarks/quality.py --profile gpu            # Qwen3-0.6B QLoRA, full budget
 
 Every arm shares the semantic IDs, data and fine-tuning budget; only `init`, grounding and continual grounding
 (`gti_mix`: `finetune.grounding_mix`) differ, plus one arm (`mean_compute_matched`) that spends grounding's wall
 time on extra fine-tuning steps. Every test user is evaluated. After each run the adapter is probed (title -> ID
 hit@10, singular values of the new rows), and the budget curve evaluates the fine-tuning checkpoints of the
-profile's seeded arms. Runs resume (each is a recipe output folder, each probe is cached), so
-rerunning the command continues where it stopped. Results: benchmarks/results/quality-<profile>.json, .md, .png.
+profile's seeded arms. Runs resume: an arm, seed or curve point already in the results file is skipped (each run
+is a recipe output folder, each probe is cached), so rerunning the command continues where it stopped. One process
+writes a results file (a second one stops at once: give it another --results). Results:
+benchmarks/results/quality-<profile>.json, with each user's hit rank per run (gzip'd, see hit_ranks.py) instead of
+their top-20 lists; `.venv/bin/python benchmarks/render_results.py` renders its tables (quality-<profile>.md) and
+plots (.png).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import random
 import time
 from pathlib import Path
 
-from environment import run_environment
-from paired import average_hits, bootstrap_difference, load_hits
-from render_results import format_quality, plot_quality
+from common import OUTPUTS, ROOT, load_result, result_path, run_environment, sole_writer, write_result
+from hit_ranks import hit_ranks, pack, unpack
+from paired import average_hits, bootstrap_difference, format_difference, packed_hits
 
-from gti_peft.recsys import per_user_hits
-
-ROOT = Path(__file__).resolve().parents[1]
 _CPU_COMMON = [
     "evaluation.max_users=null",  # every test user
     "finetune.save_total_limit=null",  # every checkpoint stays for the budget curve
@@ -154,10 +149,10 @@ def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
 def compare(results: dict, a: str, b: str, seeds: list[int]) -> dict | None:
     """Paired bootstrap of arm b minus arm a on recall@10 and ndcg@10, per-user hits averaged over `seeds`."""
     runs = [(results["runs"].get(f"{a}/seed{s}"), results["runs"].get(f"{b}/seed{s}")) for s in seeds]
-    if not all(ra and rb and "rankings" in ra and "rankings" in rb for ra, rb in runs):
+    if not all(ra and rb and "hit_ranks_gz" in ra and "hit_ranks_gz" in rb for ra, rb in runs):
         return None
-    ha = average_hits([load_hits(ra["rankings"]) for ra, _ in runs])
-    hb = average_hits([load_hits(rb["rankings"]) for _, rb in runs])
+    ha = average_hits([packed_hits(ra["hit_ranks_gz"]) for ra, _ in runs])
+    hb = average_hits([packed_hits(rb["hit_ranks_gz"]) for _, rb in runs])
     return {"seeds": seeds, **bootstrap_difference(ha, hb)}
 
 
@@ -165,8 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--arms", default=None, help="comma-separated (default: the profile's, else all)")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks" / "quality"))
-    parser.add_argument("--results", default=None, help="JSON path (default: results/quality-<profile>)")
+    parser.add_argument("--out", default=str(OUTPUTS / "quality"))
+    parser.add_argument("--results", default=None, help="JSON path (default: results/quality-<profile>.json)")
     parser.add_argument("--set", action="append", default=[], help="Extra recipe override, e.g. finetune.max_steps=4")
     parser.add_argument("--probe-items", type=int, default=None, help="Items for title -> ID hits (profile default)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds for every arm (default: the profile's)")
@@ -179,118 +174,132 @@ def main() -> None:
         profile["grounded_eval_seeds"] = seeds
     profile["overrides"] = [*profile["overrides"], *args.set]
     profile["probe_items"] = args.probe_items or profile["probe_items"]
-    out_root = Path(args.out) / args.profile
     wanted = args.arms.split(",") if args.arms else profile.get("arms", list(ARMS))
     unknown = sorted(set(wanted) - set(ARMS))
     if unknown:
         raise ValueError(f"--arms has unknown arm(s) {unknown}; known: {list(ARMS)}.")
-    path = Path(args.results or ROOT / "benchmarks" / "results" / f"quality-{args.profile}.json")
-    # finished runs are kept in the results JSON (rankings included), so a run resumes on another machine too
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    path = Path(args.results) if args.results else result_path(f"quality-{args.profile}")
+    with sole_writer(path):
+        results = run_profile(args.profile, profile, wanted, Path(args.out) / args.profile, path, not args.no_curve)
+    for name, b in results["bootstrap"].items():
+        print(f"{name}: recall@10 {format_difference(b['recall@10'])}; ndcg@10 {format_difference(b['ndcg@10'])}")
+    print(f"wrote {path}; tables and plots: .venv/bin/python benchmarks/render_results.py", flush=True)
+
+
+def run_profile(name: str, profile: dict, wanted: list[str], out_root: Path, path: Path, curve: bool) -> dict:
+    """Every arm x seed not in `path` yet (finished runs are kept in the results JSON, hit ranks included, so a run
+    resumes on another machine too), then the budget curve; `path` is rewritten after each run and point."""
+    previous = compact(load_result(path) or {})
     keep = previous.get("settings", {}).get("overrides") == profile["overrides"]
     results = {
-        "profile": args.profile,
+        "profile": name,
         "settings": {**profile, "arms": wanted},
         **run_environment(),
         "runs": previous.get("runs", {}) if keep else {},
         "curve": previous.get("curve", {}) if keep else {},
-        "curve_rankings": previous.get("curve_rankings", {}) if keep else {},
+        "curve_hit_ranks_gz": previous.get("curve_hit_ranks_gz", {}) if keep else {},
         "bootstrap": {},
     }
+    if keep and "test_targets_gz" in previous:
+        results["test_targets_gz"] = previous["test_targets_gz"]
     # seed-major: an interrupted run has every arm of its first seed
     seeds = profile["seeds"]
     order = [(s, n) for s in sorted(set(_all_seeds(profile))) for n in wanted if s in _arm_seeds(profile, n)]
-    for seed, name in order:
-        extra = _compute_matched_steps(results) if name == "mean_compute_matched" else []
-        if extra is None or "rankings" in results["runs"].get(f"{name}/seed{seed}", {}):
+    for seed, arm in order:
+        extra = _compute_matched_steps(results) if arm == "mean_compute_matched" else []
+        if extra is None or "hit_ranks_gz" in results["runs"].get(f"{arm}/seed{seed}", {}):
             continue
-        config = arm_config(profile, out_root, name, seed, extra)
+        config = arm_config(profile, out_root, arm, seed, extra)
         folder = Path(config.output.output_dir)
         start = time.perf_counter()
         run = run_arm(config)
         final = probe(config, folder / "adapter", profile["probe_items"], False)
         summary = _summary(run) | {"final": _probe_summary(final)}
-        summary["rankings"] = json.loads((folder / "rankings.json").read_text())
-        if ARMS[name][1]:
+        rankings = json.loads((folder / "rankings.json").read_text())
+        _keep_targets(results, rankings)
+        summary["hit_ranks_gz"] = pack(hit_ranks(rankings))
+        if ARMS[arm][1]:
             # gti_mix grounds exactly as gti_mean (same seed and grounding stage): only its title probe runs
-            evaluate = name == "gti_mean" and seed in profile["grounded_eval_seeds"]
+            evaluate = arm == "gti_mean" and seed in profile["grounded_eval_seeds"]
             grounded = probe(config, folder / "grounded", profile["probe_items"], evaluate)
             summary["grounded"] = _probe_summary(grounded)
             if "metrics" in grounded:  # the budget curve's step 0: grounded, not yet fine-tuned
-                results["curve"][f"{name}/seed{seed}/step0"] = grounded["metrics"]
-        results["runs"][f"{name}/seed{seed}"] = summary
+                results["curve"][f"{arm}/seed{seed}/step0"] = grounded["metrics"]
+        results["runs"][f"{arm}/seed{seed}"] = summary
         _write(results, path, seeds)
-        print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    # the budget curve comes after every run: an interrupted benchmark has its comparisons first
-    curves = [
-        arm_config(profile, out_root, name, seed)
-        for seed, name in order
-        if f"{name}/seed{seed}" in results["runs"]
-        and name in profile["seeded_arms"]
-        and seed in profile["curve_seeds"]
-    ]
-    _curve_rankings(results, curves)
-    if not args.no_curve:
-        budget_curve(results, curves, profile["probe_items"], lambda: _write(results, path, seeds))
+        print(f"{arm} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    if curve:  # the budget curve comes after every run: an interrupted benchmark has its comparisons first
+        configs = [
+            arm_config(profile, out_root, arm, seed)
+            for seed, arm in order
+            if f"{arm}/seed{seed}" in results["runs"]
+            and arm in profile["seeded_arms"]
+            and seed in profile["curve_seeds"]
+        ]
+        budget_curve(results, configs, profile["probe_items"], lambda: _write(results, path, seeds))
     _write(results, path, seeds)  # bootstraps over every seed, also when every run was already there
-    print(format_quality(results), flush=True)
+    return results
 
 
 def budget_curve(results: dict, configs: list, probe_items: int, save) -> None:
     """Next-item metrics of the fine-tuning checkpoints of the runs in `configs` (step 0, grounded only, comes from
-    the probe); `save()` after each point. Every run's middle checkpoint comes first, then the points farthest from
-    those measured, the runs interleaved: an interrupted curve still spans the budget for every arm. Processes
-    sharing a results file split the points: each claims a point before measuring it, and one another process
-    measured meanwhile comes back from its checkpoint's probe cache."""
+    the probe); `save()` after each point, a point already in `results` is skipped. Every run's middle checkpoint
+    comes first, then the points farthest from those measured, the runs interleaved: an interrupted curve still
+    spans the budget for every arm."""
     queues = []
     for config in configs:
         folder = Path(config.output.output_dir) / "checkpoints-finetune"
         steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")}
         queues.append([(config, step, steps[step]) for step in _spread_order(steps, config.finetune.max_steps)])
+    targets = user_targets(results)
     for rank in range(max(map(len, queues), default=0)):
         for config, step, checkpoint in (q[rank] for q in queues if rank < len(q)):
             key = f"{_run_key(config)}/step{step}"
-            if key in results["curve"] or not _claim(checkpoint):
+            if key in results["curve"]:
                 continue
-            try:
-                point = probe(config, checkpoint, probe_items, True)
-                results["curve"][key], results["curve_rankings"][key] = point["metrics"], point["rankings"]
-                save()
-            finally:
-                (checkpoint / ".curve-claim").unlink(missing_ok=True)
+            point = probe(config, checkpoint, probe_items, True)
+            ranked = {u: {"target": targets[u], "ranking": r} for u, r in point["rankings"].items()}
+            results["curve"][key], results["curve_hit_ranks_gz"][key] = point["metrics"], pack(hit_ranks(ranked))
+            save()
 
 
-def _curve_rankings(results: dict, configs: list) -> None:
-    """Per-user rankings of the curve points measured before they were kept (from each checkpoint's probe cache)."""
-    for config in configs:
-        for cache in (Path(config.output.output_dir) / "checkpoints-finetune").glob("checkpoint-*/quality_probe.json"):
-            key = f"{_run_key(config)}/step{cache.parent.name.split('-')[1]}"
-            if key in results["curve"] and key not in results["curve_rankings"]:
-                results["curve_rankings"][key] = json.loads(cache.read_text())["rankings"]
+def compact(results: dict) -> dict:
+    """Results written before hit ranks kept every user's top-20 list: keep each user's hit rank instead (and the
+    test targets once). Changes `results` in place; results already compact pass through."""
+    for run in results.get("runs", {}).values():
+        rankings = run.pop("rankings", None)
+        if rankings is not None:
+            _keep_targets(results, rankings)
+            run["hit_ranks_gz"] = pack(hit_ranks(rankings))
+    curve = results.pop("curve_rankings", None)
+    if curve:
+        targets = user_targets(results)
+        ranked = {k: {u: {"target": targets[u], "ranking": r} for u, r in c.items()} for k, c in curve.items()}
+        results.setdefault("curve_hit_ranks_gz", {}).update({k: pack(hit_ranks(r)) for k, r in ranked.items()})
+    return results
+
+
+def user_targets(results: dict) -> dict[str, str]:
+    """user -> test target, in the evaluation's user order (the order the bootstraps resample in)."""
+    return dict(unpack(results["test_targets_gz"]))
+
+
+def _keep_targets(results: dict, rankings: dict) -> None:
+    """Store the runs' test targets once; a run on other targets cannot be compared with the others."""
+    targets = [[u, r["target"]] for u, r in rankings.items()]
+    if "test_targets_gz" not in results:
+        results["test_targets_gz"] = pack(targets)  # a list: pack keeps its order
+    elif user_targets(results) != dict(targets):
+        raise ValueError(
+            "this run's test targets differ from the other runs' in the results file: rerun every arm into a new "
+            "results file (--results) or restore the data and split settings."
+        )
 
 
 def _run_key(config) -> str:
     """`arm/seedN` of a run, from its output folder (`<arm>-seed<N>`, as arm_config names it)."""
     name, seed = Path(config.output.output_dir).name.rsplit("-seed", 1)
     return f"{name}/seed{seed}"
-
-
-def _claim(checkpoint: Path) -> bool:
-    """Take a checkpoint's curve point for this process; False while another live process holds it."""
-    claim = checkpoint / ".curve-claim"
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = claim.read_text()
-        try:
-            os.kill(int(holder or 0), 0)  # an empty claim is being written: pid 0 is this process group, alive
-            return False
-        except (ProcessLookupError, ValueError):  # its process is gone: take the point over
-            claim.unlink(missing_ok=True)
-            return _claim(checkpoint)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    return True
 
 
 def _spread_order(steps, max_steps: int) -> list[int]:
@@ -325,41 +334,30 @@ def _arm_seeds(profile: dict, name: str) -> list[int]:
     return profile["seeds"] if name in profile["seeded_arms"] else profile["seeds"][:1]
 
 
+def bootstraps(results: dict, seeds: list[int]) -> dict:
+    """Paired bootstraps for each seed and pooled over all seeds (where both arms ran), and GTI against the mean
+    start at each budget-curve point."""
+    out = {}
+    pairs = [("mean", "gti_mean"), ("mean_compute_matched", "gti_mean"), ("mean", "gti_mix"), ("gti_mean", "gti_mix")]
+    for group in [*([s] for s in seeds), seeds]:
+        for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
+            comparison = compare(results, a, b, group)
+            if comparison is not None:
+                out[f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
+    curve = results.get("curve_hit_ranks_gz", {})
+    for key, packed in curve.items():
+        arm, seed, step = key.split("/")
+        mean = curve.get(f"mean/{seed}/{step}")
+        if arm == "gti_mean" and mean is not None:
+            users = list(user_targets(results))
+            difference = bootstrap_difference(packed_hits(mean, users), packed_hits(packed, users))
+            out[f"gti_mean - mean ({seed}, {step})"] = {"seeds": [int(seed[4:])], **difference}
+    return out
+
+
 def _write(results: dict, path: Path, seeds: list[int]) -> None:
-    """Bootstraps for each seed and pooled over all seeds (where both arms ran), then JSON, Markdown and PNG.
-    Processes sharing one results file take turns (a lock file) and keep what the others wrote."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            on_disk = json.loads(path.read_text())
-            if on_disk.get("settings", {}).get("overrides") == results["settings"]["overrides"]:
-                for key in ("runs", "curve", "curve_rankings"):
-                    results[key] = {**on_disk.get(key, {}), **results[key]}
-        for group in [*([s] for s in seeds), seeds]:
-            pairs = [
-                ("mean", "gti_mean"),
-                ("mean_compute_matched", "gti_mean"),
-                ("mean", "gti_mix"),
-                ("gti_mean", "gti_mix"),
-            ]
-            for a, b in [*pairs, ("mean_compute_matched", "gti_mix"), ("mean", "gti_description")]:
-                comparison = compare(results, a, b, group)
-                if comparison is not None:
-                    results["bootstrap"][f"{b} - {a} (seeds {','.join(map(str, group))})"] = comparison
-        for key, ranking in results.get("curve_rankings", {}).items():  # GTI against mean at each curve point
-            arm, seed, step = key.split("/")
-            mean = results["curve_rankings"].get(f"mean/{seed}/{step}")
-            if arm == "gti_mean" and mean is not None:
-                targets = {u: r["target"] for u, r in results["runs"][f"mean/{seed}"]["rankings"].items()}
-                hits_mean, hits_gti = (per_user_hits(r, targets, 10) for r in (mean, ranking))
-                difference = bootstrap_difference(hits_mean, hits_gti)
-                results["bootstrap"][f"gti_mean - mean ({seed}, {step})"] = {"seeds": [int(seed[4:])], **difference}
-        partial = path.with_suffix(".json.partial")  # a reader never sees a half-written file
-        partial.write_text(json.dumps(results, indent=2))
-        os.replace(partial, path)
-        path.with_suffix(".md").write_text(format_quality(results) + "\n")
-        plot_quality(results, path.with_suffix(".png"))
+    results["bootstrap"] = bootstraps(results, seeds)
+    write_result(path, results, environment=False)  # the environment is the run's, recorded at its start
 
 
 def _probe_summary(probe_result: dict) -> dict:
