@@ -37,8 +37,9 @@ def load_rows(adapter_dir: str, base_model: str | None = None) -> tuple[list[int
     from ..assets.offline import resolve  # `offline:*` asset names
 
     if base_model is None:
-        config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-        base_model = config["base_model_name_or_path"]
+        from ..sharing.adapter_format import read_config
+
+        base_model = read_config(adapter_dir)["base_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model = AutoModelForCausalLM.from_pretrained(resolve(base_model), dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

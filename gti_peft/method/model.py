@@ -64,6 +64,19 @@ def _restore_vocabulary(model: nn.Module, config: GTIConfig, n_before: int) -> i
     return n0
 
 
+def vocabulary_size_for(new_token_ids, rows: int, pad_to_multiple_of: int | None = None) -> int:
+    """The resize rule: the embedding rows a base with `rows` rows needs for `new_token_ids`.
+
+    Unchanged where every id has a row; else the largest id + 1, rounded up to `pad_to_multiple_of` (as
+    `resize_token_embeddings` rounds). `get_peft_model` resizes the base by it; `extend_catalog` grows a saved
+    adapter's recorded size by it.
+    """
+    needed = max(new_token_ids) + 1
+    if needed <= rows:
+        return rows
+    return -(-needed // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else needed
+
+
 def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
     """Grow the base vocabulary so every new id has a row; return the number of rows before.
 
@@ -95,7 +108,7 @@ def resize_for_new_tokens(model: nn.Module, config: GTIConfig) -> int:
             "`tokenizer.add_tokens(...)`, or resize the model first with "
             "`model.resize_token_embeddings(len(tokenizer))`."
         )
-    model.resize_token_embeddings(max(ids) + 1, pad_to_multiple_of=config.pad_to_multiple_of, mean_resizing=False)
+    model.resize_token_embeddings(vocabulary_size_for(ids, n_before, config.pad_to_multiple_of), mean_resizing=False)
     _fill_added_rows(model, n_before)
     _record_sizes(config, n_before, _base(model.get_input_embeddings()).weight.shape[0])
     return n_before

@@ -25,11 +25,12 @@ from ..recsys import (
     user_histories,
 )
 from ..recsys.collaborative import item_embeddings
+from ..sharing.adapter_format import SEMANTIC_IDS_NAME
 from ..training.grounding import grounding_dataset
 from ..training.templates import DEFAULT_TEMPLATES, IGNORE_INDEX, encode_prompt, encode_prompt_answer, render_examples
 from .config import RecipeConfig
 
-SID_FILE = "semantic_ids.safetensors"
+SID_FILE = SEMANTIC_IDS_NAME
 SEQUENCE_PROMPT = "List the items the user watched, in order."
 
 

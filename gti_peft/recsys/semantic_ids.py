@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..assets.offline import resolve
+from ..sharing.adapter_format import SEMANTIC_IDS_NAME
 from .quantizers import (
     METHODS,
     Projection,
@@ -28,7 +29,7 @@ from .quantizers import (
 )
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-SAVE_NAME = "semantic_ids.safetensors"
+SAVE_NAME = SEMANTIC_IDS_NAME  # the file's name in an adapter or run folder
 _FORMAT = "gti_peft.semantic_ids"
 
 

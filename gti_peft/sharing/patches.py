@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import peft.peft_model
 
 from ..method.peft_type import PEFT_TYPE_GTI
 from . import hub
+from .adapter_format import CONFIG_NAME, is_gti_config, read_config
 
 
 def _check_fit_first(from_pretrained):
@@ -25,9 +25,9 @@ def _check_fit_first(from_pretrained):
     @functools.wraps(func)
     def wrapper(cls, model, model_id, *args, **kwargs):
         folder = Path(str(model_id)) / kwargs.get("subfolder", "")
-        if (folder / "adapter_config.json").is_file() and kwargs.get("config") is None:
+        if (folder / CONFIG_NAME).is_file() and kwargs.get("config") is None:
             try:
-                is_gti = json.loads((folder / "adapter_config.json").read_text()).get("peft_type") == "GTI"
+                is_gti = is_gti_config(read_config(folder))
             except ValueError:
                 is_gti = True  # check_adapter_fits names the corrupt file
             if is_gti:

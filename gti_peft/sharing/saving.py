@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from .adapter_format import ADAPTER_FILES
 
 
 def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
