@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -19,7 +19,7 @@ from gti_peft.cli.extend_catalog import main as extend_main
 from gti_peft.recipe.evaluation import item_trie
 from gti_peft.recsys import SemanticIDs, item_texts, load_items
 from gti_peft.recsys.catalog import extend_catalog
-from gti_peft.sharing.hub import save_for_hub
+from gti_peft.sharing.hub import save_for_hub, write_adapter_card
 
 N_OLD = 20
 
@@ -74,6 +74,33 @@ def test_extension_keeps_old_ids_and_loads_like_any_adapter(trained, tmp_path):
     assert torch.equal(rows[: len(ids) - len(report.new_token_ids)], next(iter(old_rows.values())))
     trie = item_trie(tokenizer, grown.token_lists())
     assert len(trie) == len(trained["items"]) and set(trie.token_ids) <= set(ids)
+    assert report.semantic_ids == {item: grown.tokens_for(item) for item in report.new_items}
+
+
+def _card_body(folder: Path) -> str:
+    return (folder / "README.md").read_text().split("\n---\n", 1)[1]
+
+
+def test_the_extended_folder_gets_its_own_card(trained, tmp_path):
+    original = (trained["folder"] / "README.md").read_text()
+    report = extend_catalog(trained["folder"], _new_items(trained), tmp_path / "grown")
+    card = _card_body(tmp_path / "grown")
+    n_ids = len(json.loads((tmp_path / "grown" / "adapter_config.json").read_text())["new_token_ids"])
+    assert n_ids == len(trained["sids"].vocabulary()) + len(report.new_token_ids) > len(trained["sids"].vocabulary())
+    assert f"**{n_ids} new tokens**" in card and f"**{n_ids - len(report.new_token_ids)} new tokens**" not in card
+    assert f'from_pretrained("{tmp_path / "grown"}")' in card and str(trained["folder"]) + '"' not in card
+    assert "catalog_extension" in card and f"| new_items | {len(report.new_items)} |" in card
+    assert (trained["folder"] / "README.md").read_text() == original
+
+
+def test_a_card_written_from_the_files_matches_the_one_save_for_hub_wrote(trained, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in trained["folder"].iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    (copy / "README.md").write_text("stale")
+    write_adapter_card(copy, repo_id=str(trained["folder"]))
+    assert (copy / "README.md").read_text() == (trained["folder"] / "README.md").read_text()
 
 
 def test_a_collision_takes_the_next_free_disambiguation_code():
@@ -121,20 +148,44 @@ def _bad_item_tables(trained, tmp_path):
     new = _new_items(trained)
     no_title = tmp_path / "no_title.csv"
     no_title.write_text("item_id,description\nz1,A film.\n")
+    empty_cells = tmp_path / "empty_cells.csv"  # z2's title and description cells are missing
+    empty_cells.write_text("item_id,title,description\nz1,Heat,A heist.\nz2,,\nz3,  ,\n")
+    textless = Dataset.from_dict({"item": ["z1", "z2"], "title": ["Heat", ""], "description": ["A heist.", " "]})
     return {
         "existing": (trained["items"].select(range(18, 22)), "already exist in the catalog"),
         "repeated": (new.select([0, 1, 1]), "more than once"),
         "columns": (str(no_title), r"no column\(s\) \['title'\]"),
+        "textless": (textless, r"1 of `new_items` have no text .*\['z2'\]\. .*fill in a title or description"),
+        "empty_cells": (str(empty_cells), r"2 of `new_items` have no text .*\['z2', 'z3'\]"),
     }
 
 
-@pytest.mark.parametrize("case", ["existing", "repeated", "columns", "no_sids", "encoder", "same_folder", "replay"])
+def _plain_lora_folder(trained, tmp_path) -> Path:
+    """A plain PEFT LoRA adapter saved beside the semantic IDs and tokenizer of the GTI one."""
+    folder = tmp_path / "plain-lora"
+    base = LlamaForCausalLM.from_pretrained(trained["base"])
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(folder)
+    for path in trained["folder"].iterdir():
+        if not path.name.startswith("adapter_"):
+            (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+BAD_INPUTS = ["existing", "repeated", "columns", "textless", "empty_cells", "no_sids", "plain_lora"]
+BAD_INPUTS += ["plain_lora_no_new_token", "encoder", "same_folder", "replay"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_refused_before_anything_is_written(trained, tmp_path, case):
     folder, out = trained["folder"], tmp_path / "out"
     kwargs, items = {}, _new_items(trained)
     tables = _bad_item_tables(trained, tmp_path)
     if case in tables:
         items, match = tables[case]
+    elif case.startswith("plain_lora"):
+        folder, match = _plain_lora_folder(trained, tmp_path), r"holds a LORA adapter, not a GTI adapter"
+        if case == "plain_lora_no_new_token":
+            items = items.select([1])  # m21 takes codes the catalog has: no new token, no new row
     elif case == "no_sids":
         bare = tmp_path / "bare"
         bare.mkdir()
@@ -174,9 +225,11 @@ def test_grounding_trains_rows_only_with_replay_and_saves_a_new_folder(trained, 
     config = json.loads((tmp_path / "grounded" / "adapter_config.json").read_text())
     assert config["grounding"]["steps"] == 2
     assert SemanticIDs.load(tmp_path / "grounded").item_ids[N_OLD:] == report.new_items
+    n_ids = len(config["new_token_ids"])
+    assert f"**{n_ids} new tokens**" in _card_body(tmp_path / "grounded")  # its own card, as without grounding
 
 
-def test_cli_extends_from_files(trained, tiny_run_files, tmp_path):
+def test_cli_extends_from_files_and_prints_each_new_items_semantic_id(trained, tmp_path, capsys):
     new = tmp_path / "new.csv"
     rows = _new_items(trained)
     new.write_text(
@@ -186,6 +239,9 @@ def test_cli_extends_from_files(trained, tiny_run_files, tmp_path):
     extend_main(["--adapter", str(trained["folder"]), "--new-items", str(new), "--output", str(tmp_path / "cli")])
     grown = SemanticIDs.load(tmp_path / "cli")
     assert len(grown) == len(trained["items"]) and set(rows["item"]) <= set(grown.item_ids)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["semantic_ids"] == {item: grown.tokens_for(item) for item in rows["item"]}
+    assert printed["n_new_items"] == len(rows) and printed["new_tokens"]
 
 
 def test_the_trie_grows_in_place_and_keeps_tables_for_prefixes_only():

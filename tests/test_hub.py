@@ -23,6 +23,7 @@ from gti_peft import GTIConfig, add_new_tokens
 from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.recsys.beam_search import constrained_beam_search
 from gti_peft.recsys.trie import ItemTrie
+from gti_peft.sharing.adapter_format import add_new_token_ids, vocabulary_size_for
 from gti_peft.sharing.hub import check_adapter_fits, export_for_peft, save_for_hub, save_merged
 from gti_peft.sharing.patches import _push_gti_through_gti_peft
 
@@ -346,3 +347,20 @@ def test_a_tokenizer_with_more_tokens_than_rows_is_refused_before_anything_is_wr
         assert calls == [] and list(tmp_path.iterdir()) == [], name
     assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
     save_for_hub(model, tokenizer, tmp_path / "hub")  # the model's own tokenizer still passes
+
+
+@pytest.mark.parametrize("pad", [None, 64])
+def test_one_resize_rule_for_a_new_adapter_and_a_grown_one(pad):
+    assert vocabulary_size_for([5, 7], rows=120, pad_to_multiple_of=pad) == 120  # every id has a row: unchanged
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LlamaForCausalLM(llama_config(vocab=120)), GTIConfig(new_token_ids=[120, 125], r=2, pad_to_multiple_of=pad)
+    )
+    rows = model.get_input_embeddings().base_weight.shape[0]
+    assert rows == vocabulary_size_for([120, 125], 120, pad) == (128 if pad else 126)
+    config = model.peft_config["default"].to_dict()
+    assert config["vocab_size"] == rows
+    metadata = {"gti_vocab_size": str(rows)}
+    add_new_token_ids(config, metadata, [rows + 3])  # grown past its rows: the same rule
+    assert config["new_token_ids"] == [120, 125, rows + 3]
+    assert config["vocab_size"] == int(metadata["gti_vocab_size"]) == (192 if pad else rows + 4)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Extend the catalog as `args` say; print and return the report."""
+    """Extend the catalog as `args` say; print the report (with each new item's semantic ID) and return it."""
     from ..recsys.catalog import extend_catalog
 
     report = extend_catalog(
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> dict:
         description_columns=args.description_columns,
         overwrite=args.overwrite,
     ).to_dict()
-    summary = {k: v for k, v in report.items() if k != "new_items"} | {"n_new_items": len(report["new_items"])}
+    # each new item's semantic ID (the item ids are its keys), after the counts and new tokens
+    summary = {k: v for k, v in report.items() if k not in ("new_items", "semantic_ids")}
+    summary |= {"n_new_items": len(report["new_items"]), "semantic_ids": report["semantic_ids"]}
     print(json.dumps(summary, indent=2))
     return report
 

@@ -8,7 +8,6 @@ trained briefly on the new items' pairs mixed with a replay of old items' pairs.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -18,14 +17,25 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from ..sharing.adapter_format import (
+    ADAPTER_FILES,
+    CONFIG_NAME,
+    ROW_SUFFIXES,
+    SEMANTIC_IDS_NAME,
+    add_new_token_ids,
+    is_adapter_folder,
+    is_gti_config,
+    read_config,
+    read_weights,
+    write_config,
+    write_weights,
+)
+from ..sharing.hub import save_for_hub, write_adapter_card
 from ..sharing.saving import write_folder_atomically
 from .data import grounding_pairs, item_texts, load_items
-from .semantic_ids import SAVE_NAME, SemanticIDs, embed_texts
+from .semantic_ids import SemanticIDs, embed_texts
 
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ITEM_COLUMNS = ("item", "title", "description")
 ROW_INITS = ("level_mean", "mean")
 _LEVEL = re.compile(r"^<(.+)_\d+>$")
@@ -37,6 +47,7 @@ class CatalogExtension:
 
     folder: str
     new_items: list[str]
+    semantic_ids: dict[str, str] = field(metadata={"help": "Each new item's semantic ID (its token string)."})
     new_tokens: list[str]
     new_token_ids: list[int]
     disambiguated_items: int = field(metadata={"help": "New items whose codes were taken: a `<d_k>` with k > 0."})
@@ -80,21 +91,36 @@ def _templates(names: list[str] | None) -> tuple:
     return tuple(known[n] for n in names) if names else DEFAULT_TEMPLATES
 
 
-def _load_semantic_ids(source: Path, encoder: str | None) -> SemanticIDs:
-    if not (source / CONFIG).is_file() or not (source / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"`adapter_folder`={str(source)!r} holds no {CONFIG} / {WEIGHTS}: pass a folder saved by the recipe "
-            "or by `save_for_hub`."
-        )
-    if not (source / SAVE_NAME).is_file():
+def _check_gti_adapter(source: Path) -> None:
+    """Only a GTI adapter has new-token rows to grow (a plain LoRA beside a semantic_ids file has none)."""
+    config = read_config(source)
+    peft_type = config.get("peft_type") if isinstance(config, dict) else None
+    if not is_gti_config(config) or not config.get("new_token_ids"):
         raise ValueError(
-            f"`adapter_folder`={str(source)!r} has no {SAVE_NAME} (the semantic IDs and their codebooks): only an "
-            "adapter saved with its semantic IDs can be extended (the recipe saves them in every adapter folder)."
+            f"`adapter_folder`={str(source)!r} holds a {peft_type or 'non-PEFT'} adapter, not a GTI adapter with "
+            "`new_token_ids`: extend_catalog grows a GTI adapter's new-token rows. Pass the GTI adapter folder (saved "
+            "by the recipe or `save_for_hub`); an adapter exported with `export_for_peft` is extended by extending "
+            "its GTI original and exporting again."
         )
-    sids = SemanticIDs.load(source / SAVE_NAME)
+
+
+def _load_semantic_ids(source: Path, encoder: str | None) -> SemanticIDs:
+    if not is_adapter_folder(source):
+        raise FileNotFoundError(
+            f"`adapter_folder`={str(source)!r} holds no {' / '.join(ADAPTER_FILES)}: pass a folder saved by the "
+            "recipe or by `save_for_hub`."
+        )
+    _check_gti_adapter(source)
+    if not (source / SEMANTIC_IDS_NAME).is_file():
+        raise ValueError(
+            f"`adapter_folder`={str(source)!r} has no {SEMANTIC_IDS_NAME} (the semantic IDs and their codebooks): "
+            "only an adapter saved with its semantic IDs can be extended (the recipe saves them in every adapter "
+            "folder)."
+        )
+    sids = SemanticIDs.load(source / SEMANTIC_IDS_NAME)
     if sids.encoder is None and encoder is None:
         raise ValueError(
-            f"{source / SAVE_NAME} does not record its encoder (an older file): pass `encoder=` the sentence "
+            f"{source / SEMANTIC_IDS_NAME} does not record its encoder (an older file): pass `encoder=` the sentence "
             "encoder the IDs were built with."
         )
     if sids.encoder is not None and encoder is not None and encoder != sids.encoder:
@@ -119,6 +145,13 @@ def _check_new_items(table: Dataset, sids: SemanticIDs) -> list[str]:
         raise ValueError(
             f"{len(known)} of `new_items` already exist in the catalog, e.g. {known[:5]}: they keep their IDs; "
             "pass only items the adapter does not know."
+        )
+    textless = [i for i, text in zip(*item_texts(table)) if not text.strip()]
+    if textless:
+        raise ValueError(
+            f"{len(textless)} of `new_items` have no text (empty or missing title and description cells): "
+            f"{textless[:10]}{' ...' if len(textless) > 10 else ''}. Their semantic IDs would come from an empty text "
+            "and they could not be grounded: fill in a title or description for each, or leave them out."
         )
     return ids
 
@@ -190,8 +223,21 @@ def _level_rows(rows: torch.Tensor, tokens: list[str], new_tokens: list[str], ne
     return torch.stack(out).to(rows.dtype)
 
 
-def _write_files(plan: _Plan, tmp: Path, new_row_init: str) -> list[int]:
-    """Copy the adapter into `tmp` with the new tokens added to the tokenizer, config, rows and semantic IDs."""
+def _card_metrics(plan: _Plan) -> dict:
+    """What the extended adapter's card says about its catalog (the original's card and metrics describe the old)."""
+    return {
+        "catalog_extension": {
+            "extended_from": str(plan.source),
+            "new_items": len(plan.new_items),
+            "new_tokens": len(plan.new_tokens),
+            "catalog_size": len(plan.extended),
+        }
+    }
+
+
+def _write_files(plan: _Plan, tmp: Path, new_row_init: str, out: Path) -> list[int]:
+    """Copy the adapter into `tmp` with the new tokens added to the tokenizer, config, rows and semantic IDs, and a
+    model card for the extended adapter (named `out`, where it goes)."""
     from transformers import AutoTokenizer
 
     from ..method.tokens import add_new_tokens
@@ -199,7 +245,7 @@ def _write_files(plan: _Plan, tmp: Path, new_row_init: str) -> list[int]:
     for path in plan.source.iterdir():
         if path.is_file():
             shutil.copy2(path, tmp / path.name)
-    config = json.loads((plan.source / CONFIG).read_text())
+    config = read_config(plan.source)
     ids = []
     if plan.new_tokens:
         tokenizer = AutoTokenizer.from_pretrained(plan.source)
@@ -207,25 +253,18 @@ def _write_files(plan: _Plan, tmp: Path, new_row_init: str) -> list[int]:
         tokenizer.save_pretrained(tmp)
         old_ids = config["new_token_ids"]
         tokens = tokenizer.convert_ids_to_tokens(old_ids)
-        weights = load_file(plan.source / WEIGHTS)
-        with safe_open(plan.source / WEIGHTS, framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        for key in [k for k in weights if k.endswith((".gti_rows", ".gti_bias"))]:
+        weights, metadata = read_weights(plan.source)
+        for key in [k for k in weights if k.endswith(ROW_SUFFIXES)]:
             added = _level_rows(weights[key], tokens, plan.new_tokens, new_row_init)
             weights[key] = torch.cat([weights[key], added]).contiguous()
-        vocab_size = max(config.get("vocab_size") or 0, max(ids) + 1)
-        multiple = config.get("pad_to_multiple_of")
-        vocab_size = -(-vocab_size // multiple) * multiple if multiple else vocab_size
-        config["new_token_ids"] = old_ids + ids
+        add_new_token_ids(config, metadata, ids)
         if config.get("description_token_ids"):  # init='description': a new token borrows a level-mate's text
             texts = config["description_token_ids"]
             texts += [texts[(_same_level(tokens, t) or [0])[0]] for t in plan.new_tokens]
-        config["vocab_size"] = vocab_size
-        if "gti_vocab_size" in metadata:
-            metadata["gti_vocab_size"] = str(vocab_size)
-        save_file(weights, tmp / WEIGHTS, metadata=metadata)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    plan.extended.save(tmp / SAVE_NAME)
+        write_weights(tmp, weights, metadata)
+        write_config(tmp, config)
+    plan.extended.save(tmp / SEMANTIC_IDS_NAME)
+    write_adapter_card(tmp, _card_metrics(plan), repo_id=str(out))  # the copied card described the original
     return ids
 
 
@@ -243,10 +282,9 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..assets.offline import resolve
-    from ..sharing.hub import save_for_hub
     from ..training.grounding import ground
 
-    config = json.loads((staging / CONFIG).read_text())
+    config = read_config(staging)
     base_name = base_model or config.get("base_model_name_or_path")
     if not base_name:
         raise ValueError("The adapter does not name its base model: pass `base_model=` to ground the new rows.")
@@ -262,9 +300,9 @@ def _ground_and_save(plan, staging: Path, out: Path, base_model, ground_steps, r
     report = ground(
         model, tokenizer, pairs, templates, max_steps=ground_steps, save_strategy="no", prompt_style=style, **options
     )
-    if out.exists() and not (out / CONFIG).is_file():  # overwrite=True was checked by the plan; an adapter
+    if out.exists() and not (out / CONFIG_NAME).is_file():  # overwrite=True was checked by the plan; an adapter
         shutil.rmtree(out)  # folder is replaced atomically by save_for_hub, anything else is cleared first
-    save_for_hub(model, tokenizer, out, extra_files=[staging / SAVE_NAME])
+    save_for_hub(model, tokenizer, out, metrics=_card_metrics(plan), extra_files=[staging / SEMANTIC_IDS_NAME])
     return {"steps": report.steps, "pairs": len(pairs), "seconds": report.train_seconds}
 
 
@@ -332,12 +370,12 @@ def extend_catalog(
     grounding = None
     if ground_steps == 0:
         ids: list[int] = []
-        write_folder_atomically(out, lambda tmp: ids.extend(_write_files(plan, tmp, new_row_init)))
+        write_folder_atomically(out, lambda tmp: ids.extend(_write_files(plan, tmp, new_row_init, out)))
     else:
         options = {"learning_rate": learning_rate, "per_device_train_batch_size": batch_size, "seed": seed}
         options |= {"max_length": max_length, "templates": chosen, "prompt_style": prompt_style}
         with tempfile.TemporaryDirectory(prefix="gti-extend-") as staging:
-            ids = _write_files(plan, Path(staging), new_row_init)
+            ids = _write_files(plan, Path(staging), new_row_init, out)
             grounding = _ground_and_save(plan, Path(staging), out, base_model, ground_steps, replay_ratio, options)
     new_ids = plan.new_items["item"]
     start = len(plan.sids)
@@ -345,6 +383,7 @@ def extend_catalog(
     return CatalogExtension(
         folder=str(out),
         new_items=new_ids,
+        semantic_ids={item: plan.extended.tokens_for(item) for item in new_ids},
         new_tokens=plan.new_tokens,
         new_token_ids=ids,
         disambiguated_items=disambiguated,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -13,21 +12,29 @@ from typing import Any
 
 import torch
 from huggingface_hub import CommitInfo, HfApi
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from ..compat import TRAINABLE_TOKENS_DELTA_KEY
 from ..method.layer import NewTokenLayer, NewTokenLMHead
 from ..method.peft_type import PEFT_TYPE_GTI
 from ..method.tokens import check_tokenizer_fits
 from ..training.fsdp import is_fsdp_sharded
-from .model_card import adapter_card, card_info, exported_card, layers, merged_card
+from .adapter_format import (
+    BASE_VOCAB_SIZE_KEY,
+    CARD_NAME,
+    ROWS_SUFFIX,
+    VOCAB_SIZE_KEY,
+    WEIGHTS_NAME,
+    read_adapter,
+    size_metadata,
+)
+from .model_card import adapter_card, card_info, card_info_from_files, exported_card, layers, merged_card
 from .saving import write_folder_atomically
 
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PUSH_OPTIONS = {"private", "revision", "commit_message", "token", "metrics", "create_pr", "base_model"}
 
 
@@ -91,17 +98,16 @@ def save_for_hub(
 
     def write(tmp: Path) -> None:
         _save_adapter(model, name, tmp)
-        tensors = load_file(tmp / WEIGHTS)  # record the sizes the adapter expects, for `check_adapter_fits`
-        sizes = {"gti_vocab_size": info.vocab_size, "gti_hidden_size": info.hidden_size}
-        sizes |= {"gti_base_vocab_size": info.base_vocab_size} if info.base_vocab_size else {}
-        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"} | {k: str(v) for k, v in sizes.items()})
+        tensors = load_file(tmp / WEIGHTS_NAME)  # record the sizes the adapter expects, for `check_adapter_fits`
+        sizes = size_metadata(info.vocab_size, info.hidden_size, info.base_vocab_size)
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata=sizes)
         tokenizer.save_pretrained(tmp)
         for path in extra:
             if (tmp / path.name).exists():
                 raise ValueError(f"`extra_files` entry {str(path)!r} would overwrite the adapter's {path.name}.")
             shutil.copy2(path, tmp / path.name)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.name != "README.md"}
-        adapter_card(info, config, metrics, files).save(tmp / "README.md")
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.name != CARD_NAME}
+        adapter_card(info, config, metrics, files).save(tmp / CARD_NAME)
 
     return write_folder_atomically(folder, write, overwrite=False)
 
@@ -111,14 +117,34 @@ def update_card(model: PeftModel, tokenizer, folder: str | Path, metrics: Mappin
     once they exist; the weights are not written again. The card is replaced atomically."""
     config, _ = _gti_config(model, tokenizer)
     folder = Path(folder)
-    if not (folder / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{str(folder)!r} holds no {WEIGHTS}: write the adapter with `save_for_hub` first.")
-    info = card_info(model, tokenizer, config, str(folder), None)
-    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != "README.md"}
-    tmp = folder / ".README.md.tmp"
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no {WEIGHTS_NAME}: write the adapter with `save_for_hub` first."
+        )
+    return _replace_card(folder, card_info(model, tokenizer, config, str(folder), None), config, metrics)
+
+
+def _replace_card(folder: Path, info, config, metrics: Mapping[str, Any] | None) -> Path:
+    """Write the adapter card of `folder` (listing its files) in place of its README.md, atomically."""
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != CARD_NAME}
+    tmp = folder / f".{CARD_NAME}.tmp"
     adapter_card(info, config, metrics, files).save(tmp)
-    tmp.replace(folder / "README.md")
-    return folder / "README.md"
+    tmp.replace(folder / CARD_NAME)
+    return folder / CARD_NAME
+
+
+def write_adapter_card(
+    folder: str | Path, metrics: Mapping[str, Any] | None = None, *, repo_id: str | None = None
+) -> Path:
+    """Write the model card (README.md) of a GTI adapter folder from its files alone, no model loaded: for a folder
+    whose files changed after `save_for_hub` (e.g. grown by `extend_catalog`). `repo_id` names the card's load
+    snippet (default: the folder). The card is replaced atomically."""
+    folder = Path(folder)
+    _, shapes, metadata = read_adapter(folder)
+    config = PeftConfig.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    info = card_info_from_files(config, tokenizer, shapes, metadata, repo_id or str(folder))
+    return _replace_card(folder, info, config, metrics)
 
 
 def push_to_hub(
@@ -191,9 +217,10 @@ def export_for_peft(
 
     def write(tmp: Path) -> None:
         lora_config.save_pretrained(tmp)
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp / WEIGHTS, metadata={"format": "pt"})
+        tensors = {k: v.detach().contiguous() for k, v in state.items()}
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        exported_card(info, info.base_model or info.base_model_path or "<base model>").save(tmp / "README.md")
+        exported_card(info, info.base_model or info.base_model_path or "<base model>").save(tmp / CARD_NAME)
 
     return write_folder_atomically(folder, write, overwrite=False)
 
@@ -272,33 +299,9 @@ def save_merged(model: PeftModel, tokenizer, folder: str | Path, *, overwrite: b
         if generation is not None:
             generation.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        merged_card(info).save(tmp / "README.md")
+        merged_card(info).save(tmp / CARD_NAME)
 
     return write_folder_atomically(folder, write, overwrite=overwrite)
-
-
-def _read_adapter(folder: Path) -> tuple[dict, dict[str, list[int]], dict[str, str]]:
-    """`(adapter config, tensor shapes, safetensors metadata)`, with clear errors for missing or corrupt files."""
-    missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
-    if missing:
-        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
-        raise FileNotFoundError(
-            f"`adapter_folder` {str(folder)!r} holds no {' or '.join(missing)} (found {found}): it is not a complete "
-            "adapter. Save it again (`save_for_hub` / `save_pretrained`) or download all of its files."
-        )
-    name = CONFIG
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-        name = WEIGHTS
-        with safe_open(folder / WEIGHTS, framework="pt") as file:
-            shapes = {key: list(file.get_slice(key).get_shape()) for key in file.keys()}  # noqa: SIM118
-            metadata = file.metadata() or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as error:
-        raise ValueError(
-            f"{name} in `adapter_folder` {str(folder)!r} ({(folder / name).stat().st_size} bytes) is corrupt or "
-            f"truncated ({error}): save or download the adapter again."
-        ) from error
-    return config, shapes, metadata
 
 
 def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
@@ -308,13 +311,13 @@ def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
     the base's module, and the vocabulary size (recorded by `save_for_hub`) against the base's embedding rows.
     """
     folder = Path(adapter_folder)
-    config, shapes, metadata = _read_adapter(folder)
+    config, shapes, metadata = read_adapter(folder)
     embedding = base_model.get_input_embeddings()
     weight = embedding.base_weight if isinstance(embedding, NewTokenLayer) else embedding.weight
     rows, hidden = weight.shape
     trained_on = f"the base it was trained on ({config.get('base_model_name_or_path')!r})"
     for key, shape in shapes.items():
-        if key.endswith(".gti_rows") and shape[1] != hidden:
+        if key.endswith(ROWS_SUFFIX) and shape[1] != hidden:
             raise ValueError(
                 f"The adapter in {str(folder)!r} has new-token rows of hidden size {shape[1]}, but `base_model` "
                 f"({type(base_model).__name__}) has hidden size {hidden}: load it onto {trained_on}."
@@ -336,10 +339,10 @@ def check_adapter_fits(base_model, adapter_folder: str | Path) -> None:
                     f"{getattr(module, side)}: load it onto {trained_on}."
                 )
     ids = config.get("new_token_ids") or []
-    if "gti_vocab_size" not in metadata or not ids:
+    if VOCAB_SIZE_KEY not in metadata or not ids:
         return
-    n = int(metadata["gti_vocab_size"])
-    n0 = int(metadata["gti_base_vocab_size"]) if "gti_base_vocab_size" in metadata else None
+    n = int(metadata[VOCAB_SIZE_KEY])
+    n0 = int(metadata[BASE_VOCAB_SIZE_KEY]) if BASE_VOCAB_SIZE_KEY in metadata else None
     if rows <= n and (n0 is None or rows >= n0):  # un-resized, resized to len(tokenizer), or fully resized
         return
     raise ValueError(

@@ -12,6 +12,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..assets.offline import cache_dir
 from ..method.layer import NewTokenEmbedding, NewTokenLMHead
+from .adapter_format import BASE_VOCAB_SIZE_KEY, ROWS_SUFFIX, VOCAB_SIZE_KEY
 
 TAGS = ["gti", "lora", "new-tokens", "peft"]
 _MAX_ROWS = 40
@@ -77,6 +78,27 @@ def card_info(model, tokenizer, config, where: str, base_model: str | None) -> C
         vocab_size=n,
         hidden_size=hidden,
         tied=layers(model)[1] is not None and layers(model)[1].is_tied,
+    )
+
+
+def card_info_from_files(
+    config, tokenizer, shapes: Mapping[str, list[int]], metadata: Mapping[str, str], where: str, base_model=None
+) -> CardInfo:
+    """`card_info` of a saved GTI adapter, from its files alone (config, tokenizer, tensor shapes, the sizes
+    `save_for_hub` records in the weights' metadata): no base model is loaded."""
+    rows = {key: shape for key, shape in shapes.items() if key.endswith(ROWS_SUFFIX)}
+    vocab_size = int(metadata.get(VOCAB_SIZE_KEY) or config.vocab_size or 0)
+    base_vocab_size = metadata.get(BASE_VOCAB_SIZE_KEY)
+    return CardInfo(
+        repo_id=where,
+        base_model=_hub_id(base_model or config.base_model_name_or_path),
+        base_model_path=config.base_model_name_or_path,
+        new_tokens=tokenizer.convert_ids_to_tokens(config.new_token_ids),
+        new_token_ids=list(config.new_token_ids),
+        base_vocab_size=int(base_vocab_size) if base_vocab_size else None,
+        vocab_size=vocab_size,
+        hidden_size=next(iter(rows.values()))[1],
+        tied=len(rows) == 1,  # a tied head reads the embedding's rows; an untied one saves its own
     )
 
 
