@@ -5,6 +5,7 @@ gti-peft train --config my.yaml --set adapter.init=mean   # or any YAML, with ov
 gti-peft diagnostics outputs/run/adapter --out outputs/diag
 gti-peft extend-catalog --adapter outputs/run/adapter --new-items new.csv --output outputs/run/adapter-grown
 gti-peft recommend outputs/smollm2-135m-movielens --input histories.jsonl --output recs.jsonl
+gti-peft app outputs/smollm2-135m-movielens               # Gradio demo of a run (the `app` extra)
 accelerate launch -m gti_peft.cli train --config smollm2-135m/movielens
 """
 
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "diagnostics": "gti_peft.cli.diagnostics",
     "extend-catalog": "gti_peft.cli.extend_catalog",
     "recommend": "gti_peft.cli.recommend",
+    "app": "gti_peft.cli.app",
 }
 
 
