@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ONLY = ["--set", "output.stages=[ground,finetune]", "--set", "adapter.lora_dropout=0.0"]
@@ -34,17 +34,30 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-def run_until(command: list[str], marker: Path, sig: int, timeout: float = 240) -> None:
-    """Start the recipe and send `sig` once `marker` exists (a finished Trainer checkpoint)."""
+def run_until(command: list[str], marker: Path, sig: int, timeout: float = 240, poll: float = 0.05) -> None:
+    """Start the recipe and send `sig` once `marker` exists (a finished Trainer checkpoint; may be a glob)."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=_env())
     deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert process.poll() is None, "the run ended before the checkpoint it should be killed at"
-        assert time.monotonic() < deadline, "no checkpoint appeared in time"
-        time.sleep(0.05)
+    while not list(marker.parent.glob(marker.name)):
+        assert process.poll() is None, f"the run ended before {marker.name} appeared (where it should be killed)"
+        assert time.monotonic() < deadline, f"{marker.name} did not appear in time"
+        time.sleep(poll)
     process.send_signal(sig)
     process.wait(timeout=60)
     assert process.returncode != 0
+
+
+def tamper_checkpoint(checkpoint: Path) -> None:
+    """Shift the new rows saved in a Trainer checkpoint: a run that resumes from it cannot match the reference."""
+    path = checkpoint / "adapter_model.safetensors"
+    tensors = load_file(path)
+    assert any("gti_rows" in k for k in tensors)
+    save_file({k: v + 0.5 if "gti_rows" in k else v for k, v in tensors.items()}, path)
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((x - b[k]).abs().max().item() for k, x in a.items())
 
 
 def adapter_tensors(out: Path, folder: str = "adapter") -> dict[str, torch.Tensor]:
@@ -56,6 +69,29 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
     worst = max((x - b[k]).abs().max().item() for k, x in a.items())
     assert worst <= atol, worst
     return worst
+
+
+def test_resuming_from_the_last_checkpoint_trains_no_step_past_max_steps(tmp_path):
+    """A run killed after its last checkpoint (mid-epoch) but before saving resumes to that checkpoint exactly:
+    transformers alone trains one more step there (global step 7 of 6, and a checkpoint-7)."""
+    from conftest import tiny_llama
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from gti_peft.training.trainer import AnswerOnlyTrainer
+
+    ids = [[1, 5, 7, 2, 9, 11, 3, 4]] * 16  # 4 steps an epoch: step 6 is mid-epoch
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    options = {"max_steps": 6, "save_steps": 3, "per_device_train_batch_size": 4, "report_to": "none"}
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, logging_steps=1, **options)
+    finished = tiny_llama(True)
+    AnswerOnlyTrainer(model=finished, args=args, train_dataset=data).train()
+    resumed = tiny_llama(True)
+    result = AnswerOnlyTrainer(model=resumed, args=args, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "checkpoint-6")
+    )
+    assert result.global_step == 6 and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), finished.parameters()))
 
 
 @pytest.mark.slow
@@ -77,9 +113,30 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_run_files, tmp_path
     run_until(command, interrupted / "checkpoints-finetune" / "checkpoint-4" / "trainer_state.json", signal.SIGKILL)
     assert not (interrupted / "adapter").exists()
     assert not list(interrupted.glob(".adapter.tmp-*"))
+    grounded_file = (interrupted / "grounded" / "adapter_model.safetensors").stat()
+
+    # runs are deterministic, so matching the reference cannot tell resuming from restarting: a copy whose
+    # checkpoint holds shifted rows must end elsewhere (a restart would ignore the checkpoint and match)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(interrupted, tampered)
+    tamper_checkpoint(tampered / "checkpoints-finetune" / "checkpoint-4")
+    run(recipe_command(tiny_yaml(tiny_run_files, tampered), *LONGER))
+    assert max_difference(adapter_tensors(reference), adapter_tensors(tampered)) > 0.1, "the checkpoint was not read"
+
+    # SIGKILL while the adapter is being written: no half-written adapter under its name, ever
+    run_until(command, interrupted / ".adapter.tmp-*", signal.SIGKILL, poll=0.002)
+    adapter = interrupted / "adapter"
+    assert not adapter.exists() or {"adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    left = set(interrupted.glob(".*"))  # what the kill left (its temporary folder)
     run(command)
     assert_same(adapter_tensors(reference, "grounded"), adapter_tensors(interrupted, "grounded"))
     assert_same(adapter_tensors(reference), adapter_tensors(interrupted))
+    # the resumed runs never redid grounding (its folder is the one the second run wrote) and left no new temp folders
+    now = (interrupted / "grounded" / "adapter_model.safetensors").stat()
+    assert (now.st_ino, now.st_mtime_ns) == (grounded_file.st_ino, grounded_file.st_mtime_ns)
+    assert set(interrupted.glob(".*")) == left
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorForSeq2Seq, Trainer
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback
+from transformers.trainer_utils import TrainOutput
 
 from ..compat import prepared_by_accelerate, release_from_accelerate
 from .fsdp import copy_trained_parameters
@@ -49,6 +50,19 @@ def answer_loss(model, inputs: dict, num_items: int | torch.Tensor | None = None
     return loss / denominator
 
 
+class _NoStepsLeft(Exception):
+    pass
+
+
+class _StopAtMaxSteps(TrainerCallback):
+    """Refuse a step past `max_steps`: transformers, resuming from a checkpoint taken at `max_steps` in the middle of
+    an epoch, trains one more step before it checks (a run killed after its last checkpoint would then differ)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise _NoStepsLeft
+
+
 class AnswerOnlyTrainer(Trainer):
     """`transformers.Trainer` whose loss computes logits only where labels are set (same loss, less work).
 
@@ -61,6 +75,7 @@ class AnswerOnlyTrainer(Trainer):
         super().__init__(*args, **kwargs)
         # our compute_loss divides by the number of answer tokens in the (accumulated, global) batch itself
         self.model_accepts_loss_kwargs = True
+        self.add_callback(_StopAtMaxSteps())
 
     def train(self, *args, **kwargs):
         model = self.model  # the caller's model: under FSDP, Trainer replaces self.model by the wrapper
@@ -70,6 +85,9 @@ class AnswerOnlyTrainer(Trainer):
             self.model = self.model_wrapped = copy.deepcopy(model)
         try:
             result = super().train(*args, **kwargs)
+        except _NoStepsLeft:  # resumed from a finished checkpoint: its weights are loaded, nothing left to train
+            losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+            result = TrainOutput(self.state.global_step, sum(losses) / max(len(losses), 1), {})
         finally:
             if not prepared_before:
                 release_from_accelerate(model)
