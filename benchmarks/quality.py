@@ -191,10 +191,12 @@ def run_profile(name: str, profile: dict, wanted: list[str], out_root: Path, pat
     resumes on another machine too), then the budget curve; `path` is rewritten after each run and point."""
     previous = compact(load_result(path) or {})
     keep = previous.get("settings", {}).get("overrides") == profile["overrides"]
+    environment = run_environment()  # the file keeps its first runs' environment; each run records its machine
+    kept = {k: previous[k] for k in environment if k in previous} if keep and previous.get("runs") else {}
     results = {
         "profile": name,
         "settings": {**profile, "arms": wanted},
-        **run_environment(),
+        **(kept or environment),
         "runs": previous.get("runs", {}) if keep else {},
         "curve": previous.get("curve", {}) if keep else {},
         "curve_hit_ranks_gz": previous.get("curve_hit_ranks_gz", {}) if keep else {},
@@ -214,7 +216,7 @@ def run_profile(name: str, profile: dict, wanted: list[str], out_root: Path, pat
         start = time.perf_counter()
         run = run_arm(config)
         final = probe(config, folder / "adapter", profile["probe_items"], False)
-        summary = _summary(run) | {"final": _probe_summary(final)}
+        summary = _summary(run) | {"final": _probe_summary(final), "machine": environment["machine"]}
         rankings = json.loads((folder / "rankings.json").read_text())
         _keep_targets(results, rankings)
         summary["hit_ranks_gz"] = pack(hit_ranks(rankings))
