@@ -7,6 +7,7 @@ Prints a table and writes benchmarks/results/import_cost.json (with the run envi
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -33,6 +34,7 @@ def measure(module: str, pre: str = "", repeats: int = 3) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = {}
     for pre, label in (("", "alone"), ("import transformers", "after transformers")):
         peft, gti = measure("peft", pre), measure("gti_peft", pre)

@@ -8,6 +8,8 @@ benchmarks/results/quality-<profile>.json's tables and plots (quality-<profile>.
 
 from __future__ import annotations
 
+import argparse
+
 from common import ROOT, load_result
 from headline import headline
 from paired import format_difference
@@ -271,6 +273,7 @@ def replace_block(readme: str, name: str, lines: list[str]) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     render_quality_files()
     sections = [
         headline_section(),
