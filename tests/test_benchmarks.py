@@ -159,3 +159,13 @@ def test_committed_quality_results_reproduce_their_metrics(profile):
             hits = hits_from_ranks(ranks, k).values()
             assert sum(h[0] for h in hits) / len(hits) == pytest.approx(run["metrics"]["model"][f"recall@{k}"]), key
     assert set(results.get("curve_hit_ranks_gz", {})) <= set(results["curve"])
+
+
+@pytest.mark.parametrize("profile", ["cpu", "cpu-long"])
+def test_committed_quality_tables_render_from_the_committed_json(profile):
+    """render_quality.py rebuilds quality-<profile>.md byte for byte from the (compact) JSON next to it."""
+    from common import RESULTS, load_result
+    from render_quality import format_quality
+
+    rendered = format_quality(load_result(f"quality-{profile}")) + "\n"
+    assert rendered == (RESULTS / f"quality-{profile}.md").read_text()
