@@ -364,3 +364,21 @@ def test_one_resize_rule_for_a_new_adapter_and_a_grown_one(pad):
     add_new_token_ids(config, metadata, [rows + 3])  # grown past its rows: the same rule
     assert config["new_token_ids"] == [120, 125, rows + 3]
     assert config["vocab_size"] == int(metadata["gti_vocab_size"]) == (192 if pad else rows + 4)
+
+
+def test_only_the_adapter_format_module_spells_the_adapter_file_names_and_metadata_keys():
+    import ast
+
+    from gti_peft.sharing import adapter_format
+
+    names = {getattr(adapter_format, n) for n in adapter_format.__all__ if n.endswith(("_NAME", "_KEY", "_SUFFIX"))}
+    assert {"adapter_config.json", "semantic_ids.safetensors", "gti_vocab_size", ".gti_rows"} <= names
+    package = Path(gti_peft.__file__).parent
+    spelled = {
+        f"{path.relative_to(package)}: {node.value}"
+        for path in package.rglob("*.py")
+        if path.name != "adapter_format.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    }
+    assert spelled == set(), "take these names from gti_peft.sharing.adapter_format"

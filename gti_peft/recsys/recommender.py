@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..sharing.adapter_format import CONFIG_NAME, read_config
 from ..training.templates import PROMPT_STYLES, encode_prompt
 from .beam_search import MAX_TOP_K, check_items_left, constrained_beam_search
 from .data import recommendation_messages
@@ -120,7 +121,7 @@ class RunFiles:
                 f"{str(folder)!r} holds no {SID_FILE} (found {found}): a Recommender needs the catalog's semantic "
                 f"IDs. Pass a recipe run folder or its adapter/ folder, or copy the run's {SID_FILE} beside the model."
             )
-        kind = "adapter" if (folder / "adapter_config.json").is_file() else "merged"
+        kind = "adapter" if (folder / CONFIG_NAME).is_file() else "merged"
         if kind == "merged" and not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"{str(folder)!r} holds neither adapter_config.json nor config.json: it is not an adapter or a model "
@@ -171,7 +172,7 @@ def _load_model(files: RunFiles, dtype: torch.dtype, load_in_4bit: bool):
 
     from ..assets.offline import resolve
 
-    base_name = json.loads((files.folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_name = read_config(files.folder)["base_model_name_or_path"]
     return PeftModel.from_pretrained(load_base(resolve(base_name)), files.folder)
 
 
