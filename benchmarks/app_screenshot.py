@@ -123,15 +123,16 @@ def main() -> None:
     parser.add_argument("run_folder")
     parser.add_argument("--pick", nargs="+", default=["Star Wars", "Fargo"])
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "app.png"))
+    parser.add_argument("--url", default=None, help="Drive an app that is already running instead of starting one")
     args = parser.parse_args()
     if browser_paths() is None:
         raise SystemExit("No chromium + chromedriver here: apt-get install -y chromium chromium-driver")
     port = free_port()
-    process = start_space(args.run_folder, port)
+    process = None if args.url else start_space(args.run_folder, port)
     driver = None
     try:
         driver = open_browser()
-        chosen, table = pick_and_recommend(driver, f"http://127.0.0.1:{port}/", args.pick)
+        chosen, table = pick_and_recommend(driver, args.url or f"http://127.0.0.1:{port}/", args.pick)
         time.sleep(2)  # let the plots finish drawing
         driver.save_screenshot(args.output)
         print("picked:", chosen)
@@ -139,8 +140,10 @@ def main() -> None:
         print("screenshot:", args.output)
     finally:
         if driver is not None:
+            driver.save_screenshot(str(Path(tempfile.gettempdir()) / "app_screenshot_last.png"))  # to debug
             driver.quit()
-        stop(process)
+        if process is not None:
+            stop(process)
 
 
 if __name__ == "__main__":

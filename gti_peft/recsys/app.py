@@ -94,7 +94,13 @@ def build_app(run_folder: str | Path, recommender=None):
                 k = gr.Slider(1, 20, value=10, step=1, label="How many recommendations", elem_id="k")
                 button = gr.Button("Recommend", variant="primary", elem_id="recommend")
             with gr.Column(scale=3):
-                table = gr.Dataframe(headers=COLUMNS, label="Next items, best first", elem_id="recommendations")
+                table = gr.Dataframe(
+                    headers=COLUMNS,
+                    label="Next items, best first",
+                    column_widths=["10%", "55%", "12%", "23%"],
+                    wrap=True,
+                    elem_id="recommendations",
+                )
         button.click(recommend, inputs=[history, k], outputs=table, api_name="recommend")
         plots = find_plots(run_folder)
         if plots:
