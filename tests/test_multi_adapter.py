@@ -205,8 +205,10 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients():
     model.gradient_checkpointing_enable({"use_reentrant": True})
     (model(input_ids=batch).logits ** 2).sum().backward()
     assert {n for n, p in params if p.grad.abs().sum() > 0} == normal
-    for n, p in params:  # and the same values, not only the same parameters
-        torch.testing.assert_close(p.grad, normal_grads[n], msg=n)
+    for n, p in params:  # and the same values, not only the same parameters (to float32 rounding of the recompute:
+        # transformers 4.57 recomputes in another order, ~3e-7 of the largest gradient; a 1e-3 change fails)
+        scale = normal_grads[n].abs().max()
+        torch.testing.assert_close(p.grad, normal_grads[n], rtol=1e-5, atol=1e-5 * float(scale), msg=n)
     assert any(GTIModel.prefix in n for n in normal) and any("lora_" in n for n in normal)
     for n, p in model.named_parameters():
         assert (p.grad is not None) == (GTIModel.prefix in n or "lora_" in n), n
