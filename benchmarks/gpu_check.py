@@ -1,6 +1,6 @@
 """One-GPU check of the SmolLM2 recipe's pieces in bf16 and 4-bit: step times, peak memory, Recommender users/s.
 
-    python benchmarks/gpu_check.py                          # one CUDA GPU, about 2 min (bound: 8 min)
+    python benchmarks/gpu_check.py                          # one CUDA GPU (sized for < 8 min; not yet run on one)
     python benchmarks/gpu_check.py --device cpu             # dry path: the same code, 2 steps, 16 users
     python benchmarks/gpu_check.py --device cpu --tiny      # the test suite's path: a tiny random Llama, 1 step
 
