@@ -22,22 +22,17 @@ and memory, not quality. Result: benchmarks/results/gpu_check-<device>.json (`--
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, run_environment, write_result
 from transformers import TrainerCallback
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import run_environment  # noqa: E402
 
 ARMS = ("bf16", "4bit")
 TEXT_TO_TOKENS = ("title_to_tokens", "description_to_tokens", "title_description_to_tokens")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -278,8 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["arms"][arm] = run_arm(arm, args, items, split, sids, Path(work))
             print(format_arm(arm, report["arms"][arm]), flush=True)
     report["wall_s"] = time.perf_counter() - start
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report, environment=False)  # its environment is recorded above
     print(f"wall {report['wall_s']:.0f} s -> {args.output}")
     return report
 

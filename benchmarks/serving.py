@@ -15,17 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import run_environment  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, ROOT, run_environment, write_result
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--num-beams", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    parser.add_argument("--output", default=str(RESULTS / "serving.json"))
     return parser.parse_args()
 
 
@@ -146,8 +141,7 @@ def write(args, run: Path, histories, ours, served, seconds: dict, export_s: flo
     }
     speed = result["users_per_s"]
     result["speed_ratio_generate_vs_recommender"] = speed["generate"] / speed["recommender"]
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    write_result(args.output, result, environment=False)  # its environment is recorded above, with the load
     return result
 
 

@@ -14,7 +14,7 @@ from gti_peft.recsys import evaluate_rankings, per_user_hits
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RENDERING = {"headline"} | {p.stem for p in BENCHMARKS.glob("render_*.py")}
 # scripts of work in progress that still edit sys.path: drop each name once it imports common
-SYS_PATH_PENDING = {"gpu_check.py", "serving.py"}
+SYS_PATH_PENDING: set[str] = set()
 
 
 @pytest.fixture(autouse=True)
