@@ -14,15 +14,18 @@ import torch
 AUTO = "auto"
 
 
-def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up: first calls pick kernels
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+def _matmul_seconds(dtypes: tuple[torch.dtype, ...], size: int = 256, rounds: int = 10) -> list[float]:
+    """The fastest of `rounds` matmuls for each dtype, the dtypes taking turns: a busy machine's pauses only ever
+    lengthen a run, so the minimum of interleaved runs compares the kernels, not the load."""
+    pairs = [(torch.randn(size, size, dtype=d), torch.randn(size, size, dtype=d)) for d in dtypes]
+    for a, b in pairs:
+        torch.mm(a, b)  # warm-up: first calls pick kernels
+    best = [float("inf")] * len(dtypes)
+    for _ in range(rounds):
+        for i, (a, b) in enumerate(pairs):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -32,7 +35,8 @@ def bf16_is_faster() -> bool:
     measured faster than its fp32 matmul (AMX / AVX512-bf16; not AVX2-only CPUs, nor ONEDNN_MAX_CPU_ISA=AVX2)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return _matmul_seconds(torch.bfloat16) < 0.8 * _matmul_seconds(torch.float32)
+    bf16, fp32 = _matmul_seconds((torch.bfloat16, torch.float32))
+    return bf16 < 0.8 * fp32
 
 
 def resolve_bf16(value: bool | str) -> bool:
