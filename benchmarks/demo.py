@@ -22,7 +22,7 @@ from common import OUTPUTS, ROOT, result_path, write_result
 
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
 RUNS = {"gti": [], "mean_no_grounding": ["--set", "grounding.max_steps=0", "--set", "finetune.grounding_mix=0"]}
-KEEP = ("command", "wall_seconds", "metrics", "timings_s", "geometry")
+KEEP = ("command", "wall_seconds", "metrics", "ranking", "timings_s", "geometry")
 
 
 def run(out_root: Path, name: str, extra: list[str]) -> dict:
