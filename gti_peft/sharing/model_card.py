@@ -66,14 +66,21 @@ def _hub_id(name: str | None) -> str | None:
     return None if Path(name).exists() else name
 
 
+def _origin(config, tokenizer, where: str, base_model: str | None) -> dict[str, Any]:
+    """The `CardInfo` fields that name the adapter, its base and its new tokens (from a live model or from files)."""
+    return {
+        "repo_id": where,
+        "base_model": _hub_id(base_model or config.base_model_name_or_path),
+        "base_model_path": config.base_model_name_or_path,
+        "new_tokens": tokenizer.convert_ids_to_tokens(config.new_token_ids),
+        "new_token_ids": list(config.new_token_ids),
+    }
+
+
 def card_info(model, tokenizer, config, where: str, base_model: str | None) -> CardInfo:
     n0, n, hidden = vocab_sizes(model)
     return CardInfo(
-        repo_id=where,
-        base_model=_hub_id(base_model or config.base_model_name_or_path),
-        base_model_path=config.base_model_name_or_path,
-        new_tokens=tokenizer.convert_ids_to_tokens(config.new_token_ids),
-        new_token_ids=list(config.new_token_ids),
+        **_origin(config, tokenizer, where, base_model),
         base_vocab_size=n0,
         vocab_size=n,
         hidden_size=hidden,
@@ -90,11 +97,7 @@ def card_info_from_files(
     vocab_size = int(metadata.get(VOCAB_SIZE_KEY) or config.vocab_size or 0)
     base_vocab_size = metadata.get(BASE_VOCAB_SIZE_KEY)
     return CardInfo(
-        repo_id=where,
-        base_model=_hub_id(base_model or config.base_model_name_or_path),
-        base_model_path=config.base_model_name_or_path,
-        new_tokens=tokenizer.convert_ids_to_tokens(config.new_token_ids),
-        new_token_ids=list(config.new_token_ids),
+        **_origin(config, tokenizer, where, base_model),
         base_vocab_size=int(base_vocab_size) if base_vocab_size else None,
         vocab_size=vocab_size,
         hidden_size=next(iter(rows.values()))[1],
