@@ -9,6 +9,8 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
 from gti_peft import _import_notices
 
 # optional or heavy dependencies that only the features using them may import
@@ -63,36 +65,34 @@ def test_old_module_paths_import_the_moved_module_with_a_warning():
     assert result.stdout.strip() == "True"
 
 
-def test_held_notices_are_emitted_once_a_4bit_model_is_in_use(caplog):
-    logger = logging.getLogger(_import_notices.HELD_LOGGERS[0])
+@pytest.fixture
+def held_notice(caplog):
+    """bitsandbytes' kernel notice, logged while held (as `import gti_peft` holds it); caplog sees what is emitted."""
     _import_notices.hold()
     try:
         with caplog.at_level(logging.WARNING):
-            logger.warning("Failed to load CPU gemm_4bit_forward (test)")
-            assert "gemm_4bit_forward" not in caplog.text
-            _import_notices.release()
-            assert "gemm_4bit_forward" in caplog.text
-            caplog.clear()
-            _import_notices.release()  # once only
-            assert caplog.text == ""
+            logging.getLogger(_import_notices.HELD_LOGGERS[0]).warning("Failed to load CPU gemm_4bit_forward (test)")
+            yield caplog
     finally:
         _import_notices.stop_holding()
 
 
-def test_guarding_a_4bit_model_releases_the_held_notices(caplog):
+def test_held_notices_are_emitted_once_a_4bit_model_is_in_use(held_notice):
+    assert "gemm_4bit_forward" not in held_notice.text
+    _import_notices.release()
+    assert "gemm_4bit_forward" in held_notice.text
+    held_notice.clear()
+    _import_notices.release()  # once only
+    assert held_notice.text == ""
+
+
+def test_guarding_a_4bit_model_releases_the_held_notices(held_notice):
     import bitsandbytes as bnb
     from torch import nn
 
     from gti_peft.compat import guard_cpu_4bit_training
 
-    logger = logging.getLogger(_import_notices.HELD_LOGGERS[0])
-    _import_notices.hold()
-    try:
-        with caplog.at_level(logging.WARNING):
-            logger.warning("Failed to load CPU gemm_4bit_forward (test)")
-            guard_cpu_4bit_training(nn.Sequential(nn.Linear(8, 8)))  # nothing 4-bit: still held
-            assert "gemm_4bit_forward" not in caplog.text
-            assert guard_cpu_4bit_training(nn.Sequential(bnb.nn.Linear4bit(8, 8))) == 1
-            assert "gemm_4bit_forward" in caplog.text
-    finally:
-        _import_notices.stop_holding()
+    guard_cpu_4bit_training(nn.Sequential(nn.Linear(8, 8)))  # nothing 4-bit: still held
+    assert "gemm_4bit_forward" not in held_notice.text
+    assert guard_cpu_4bit_training(nn.Sequential(bnb.nn.Linear4bit(8, 8))) == 1
+    assert "gemm_4bit_forward" in held_notice.text
