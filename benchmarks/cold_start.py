@@ -196,7 +196,7 @@ def main() -> None:
     report["recipe"] = {
         "grounding_steps": config.grounding.max_steps,
         "finetune_steps": config.finetune.max_steps,
-        "batch_size": config.finetune.option("per_device_train_batch_size"),
+        "batch_size": config.finetune.per_device_train_batch_size,
         "prompt_style": config.data.prompt_style,
         "grounding_mix": config.finetune.grounding_mix,
     }
@@ -220,8 +220,8 @@ def main() -> None:
         if not folder.exists():
             # the recipe's grounding settings; the prompt style is the one recorded in the adapter's config
             settings = {"templates": config.grounding.templates}
-            settings |= {"batch_size": config.grounding.option("per_device_train_batch_size")}
-            settings |= {"learning_rate": config.grounding.option("learning_rate"), "seed": args.seed}
+            settings |= {"batch_size": config.grounding.per_device_train_batch_size}
+            settings |= {"learning_rate": config.grounding.learning_rate, "seed": args.seed}
             settings |= {"max_length": config.data.max_length, "replay_ratio": args.replay_ratio}
             extension = extend_catalog(adapter, new_table, folder, **settings, **options)
             report["timings"][f"extend: {name}"] = round(time.perf_counter() - start, 1)

@@ -30,7 +30,7 @@ from environment import run_environment
 from transformers import TrainerCallback, TrainingArguments
 
 from gti_peft.recipe.config import load_recipe_config
-from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
+from gti_peft.recipe.data import finetune_dataset, load_data, semantic_ids_stage
 from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
 from gti_peft.training.grounding import grounding_dataset, only_new_rows_trainable
@@ -157,15 +157,15 @@ def main() -> None:
         finetune = finetune_dataset(config, tokenizer, sids, data)
         pairs = grounding_pairs(data.items, sids)
         grounding = grounding_dataset(
-            tokenizer, pairs, grounding_templates(config), config.data.max_length, config.data.prompt_style
+            tokenizer, pairs, config.grounding.grounding_templates(), config.data.max_length, config.data.prompt_style
         ).remove_columns(["template"])
         built[name] = (config, tokenizer, model, finetune, grounding)
         for stage, dataset in [(s, d) for s, d in (("finetune", finetune), ("ground", grounding)) if s in stages]:
             section = config.finetune if stage == "finetune" else config.grounding
             first = answer_collator(tokenizer)(
-                [dataset[i] for i in range(section.option("per_device_train_batch_size"))]
+                [dataset[i] for i in range(section.per_device_train_batch_size)]
             )
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=section.option("bf16") is True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=section.bf16 is True):
                 model.eval()
                 losses[(name, stage)] = float(answer_loss(model, first))
     times = {(name, stage): [] for name in arms for stage in stages}
@@ -178,10 +178,10 @@ def main() -> None:
             section = config.finetune if stage == "finetune" else config.grounding
             options = {
                 "output_dir": str(out / "trainer"),
-                "per_device_train_batch_size": section.option("per_device_train_batch_size"),
+                "per_device_train_batch_size": section.per_device_train_batch_size,
                 "learning_rate": 1e-4,
-                "bf16": section.option("bf16") is True,
-                "train_sampling_strategy": section.option("train_sampling_strategy"),
+                "bf16": section.bf16 is True,
+                "train_sampling_strategy": section.train_sampling_strategy,
                 "save_strategy": "no",
                 "report_to": "none",
                 "disable_tqdm": True,
@@ -205,7 +205,7 @@ def main() -> None:
     for (name, stage), t in times.items():
         config, tokenizer, model, finetune, grounding = built[name]
         dataset = finetune if stage == "finetune" else grounding
-        batch = (config.finetune if stage == "finetune" else config.grounding).option("per_device_train_batch_size")
+        batch = (config.finetune if stage == "finetune" else config.grounding).per_device_train_batch_size
         tokens = statistics.mean(len(ids) for ids in dataset["input_ids"])
         targets = next_item_targets(dataset, sids_of(tokenizer)) if stage == "finetune" else 1.0
         seconds, cpu_seconds = statistics.median(t), statistics.median(cpu_times[(name, stage)])

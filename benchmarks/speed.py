@@ -36,7 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from gti_peft import ground
 from gti_peft.recipe.config import load_recipe_config
-from gti_peft.recipe.data import finetune_dataset, grounding_templates, load_data, semantic_ids_stage
+from gti_peft.recipe.data import finetune_dataset, load_data, semantic_ids_stage
 from gti_peft.recipe.model import build_model, load_base
 from gti_peft.recsys import grounding_pairs
 from gti_peft.training.precision import bf16_is_faster
@@ -98,7 +98,7 @@ def trainer_part(args) -> dict:
     stock, gti = models["dropout"]
     train = finetune_dataset(config, tokenizer, sids, data)
     collator = answer_collator(tokenizer)
-    batch = collator([train[i] for i in range(config.finetune.option("per_device_train_batch_size"))])
+    batch = collator([train[i] for i in range(config.finetune.per_device_train_batch_size)])
 
     bf16 = bf16_is_faster()
     losses = {}
@@ -112,7 +112,7 @@ def trainer_part(args) -> dict:
     print("first-batch loss:", losses, flush=True)
 
     pairs = grounding_pairs(data.items, sids)
-    templates = grounding_templates(config)
+    templates = config.grounding.grounding_templates()
     stock_name, stock0_name = STOCK, f"{STOCK}, lora_dropout 0"
     # name: (trainer class, model, bf16, the stock arm at the same LoRA settings)
     arms = {
@@ -128,7 +128,7 @@ def trainer_part(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="gti-speed-")
     common = {
         "output_dir": tmp,
-        "per_device_train_batch_size": config.finetune.option("per_device_train_batch_size"),
+        "per_device_train_batch_size": config.finetune.per_device_train_batch_size,
         "max_steps": args.steps_per_round,
         "learning_rate": 1e-4,
         "save_strategy": "no",
@@ -145,7 +145,7 @@ def trainer_part(args) -> dict:
             timer = StepTimer()
             if name == "grounding step (ours)":
                 options = {k: v for k, v in common.items() if k != "logging_strategy"}
-                options |= {"bf16": bf16, "learning_rate": config.grounding.option("learning_rate")}
+                options |= {"bf16": bf16, "learning_rate": config.grounding.learning_rate}
                 ground(gti, tokenizer, pairs, templates, eval_examples_per_template=1, callbacks=[timer], **options)
             else:
                 trainer_cls, model, use_bf16, _ = arms[name]
@@ -174,7 +174,7 @@ def trainer_part(args) -> dict:
         "rows": rows,
         "first_batch_loss": losses,
         "bf16_instructions": bf16,
-        "batch": config.finetune.option("per_device_train_batch_size"),
+        "batch": config.finetune.per_device_train_batch_size,
         "mean_tokens_per_example": sum(shapes) / len(shapes),
         "lora_dropout": config.adapter.lora_dropout,
         "vocab": len(tokenizer),

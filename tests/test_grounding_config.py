@@ -47,12 +47,25 @@ def test_hf_argument_parser_reads_it_from_a_dict_and_a_command_line():
         ({"templates": []}, ["templates", "[]"]),
         ({"prompt_style": "chatty"}, ["prompt_style", "chatty", "plain"]),
         ({"max_length": 0}, ["max_length", "0"]),
+        ({"learning_rate": 0.0}, ["learning_rate", "0.0"]),
+        ({"max_steps": -2}, ["max_steps", "-2"]),
+        ({"bf16": "sometimes"}, ["bf16", "sometimes", "auto"]),
     ],
 )
 def test_bad_settings_name_the_field_the_value_and_the_choices(bad, names):
     with pytest.raises(ValueError) as error:
         GroundingConfig(**bad)
     assert all(name in str(error.value) for name in names)
+
+
+def test_bf16_auto_is_settled_where_the_config_is_built(monkeypatch):
+    from gti_peft.training import precision
+
+    for faster in (True, False):
+        monkeypatch.setattr(precision, "bf16_is_faster", lambda faster=faster: faster)
+        args = GroundingConfig(bf16="auto")
+        assert args.bf16 is faster  # Trainer gets a bool, never the string
+    assert HfArgumentParser(GroundingConfig).parse_dict({"bf16": "auto"})[0].bf16 in (True, False)
 
 
 def test_a_config_and_the_same_keywords_ground_identically(tokenizer_and_pairs):  # noqa: F811

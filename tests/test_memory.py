@@ -13,8 +13,10 @@ from transformers import LlamaForCausalLM
 
 from gti_peft import GTIConfig
 from gti_peft.method.init import CHUNK_ROWS, OldIds, initial_rows, old_mean
-from gti_peft.recipe.config import DataArgs, ModelArgs, RecipeConfig, TrainStageArgs
+from gti_peft.recipe.config import DataArgs, ModelArgs, RecipeConfig
+from gti_peft.recipe.finetune_config import FinetuneConfig
 from gti_peft.recipe.memory_check import check_recipe_memory
+from gti_peft.training.grounding_config import GroundingConfig
 from gti_peft.training.memory import device_memory, estimate_training_memory
 
 
@@ -117,8 +119,8 @@ def _recipe(tmp_path, batch_size: int, **model_args) -> RecipeConfig:
     return RecipeConfig(
         model=ModelArgs(name_or_path=str(tmp_path), **model_args),
         data=DataArgs(max_length=4096),
-        grounding=TrainStageArgs(training_args={"max_steps": 0}),
-        finetune=TrainStageArgs(training_args={"max_steps": 10, "per_device_train_batch_size": batch_size}),
+        grounding=GroundingConfig(max_steps=0),
+        finetune=FinetuneConfig(max_steps=10, per_device_train_batch_size=batch_size),
     )
 
 

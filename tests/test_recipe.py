@@ -43,20 +43,33 @@ def test_accelerate_configs_open_with_their_command():
         ("adapter:\n  rank: 8\n", r"Unknown key\(s\) \['rank'\] in bad.yaml.adapter"),
         ("modle:\n  name_or_path: x\n", r"Unknown key\(s\) \['modle'\]"),
         ("adapter:\n  r: eight\n", r"bad.yaml.adapter.r must be int, got 'eight'"),
-        ("adapter:\n  init: zeros\n", r"adapter.init must be one of"),
+        ("adapter:\n  init: zeros\n", r"bad.yaml.adapter: `init` must be one of"),
+        ("adapter:\n  new_token_ids: [1]\n", r"adapter.new_token_ids is set by the recipe"),
+        ("adapter:\n  description_items_per_token: 4\n", r"is now semantic_ids.description_items_per_token"),
         ("evaluation:\n  num_beams: 5\n  top_k: 10\n", r"top_k=10 exceeds evaluation.num_beams=5"),
         ("output:\n  stages: [ground, train]\n", r"unknown stage\(s\) \['train'\]"),
         ("data:\n  dataset: files\n", r"needs data.interactions_path"),
-        ("grounding:\n  templates: [title_to_tokens, nope]\n", r"unknown template\(s\) \['nope'\]"),
-        ("finetune:\n  learning_rate: -1\n", r"learning_rate > 0"),
+        (
+            "grounding:\n  templates: [title_to_tokens, nope]\n",
+            r"bad.yaml.grounding: GroundingConfig refuses.*unknown template\(s\) \['nope'\]",
+        ),
+        ("finetune:\n  learning_rate: -1\n", r"finetune: FinetuneConfig refuses.*learning_rate > 0, got .*-1"),
+        ("grounding:\n  prompt_style: plain\n", r"grounding.prompt_style is set by the recipe: use data.prompt_style"),
         ("finetune:\n  batch_size: 4\n", r"finetune.batch_size is now per_device_train_batch_size"),
         ("finetune:\n  max_stepz: 4\n", r"Unknown key 'max_stepz' in bad.yaml.finetune.*did you mean \['max_steps'"),
         ("finetune:\n  output_dir: x\n", r"finetune.output_dir is set by the recipe: use output.output_dir"),
-        ("finetune:\n  lr_scheduler_type: bogus\n", r"finetune: transformers.TrainingArguments refuses"),
-        ("finetune:\n  grounding_mix: 1.5\n", r"finetune.grounding_mix must lie in \[0, 1\].*got 1.5"),
-        ("finetune:\n  grounding_mix: -0.1\n", r"finetune.grounding_mix must lie in \[0, 1\]"),
+        ("finetune:\n  lr_scheduler_type: bogus\n", r"finetune: FinetuneConfig refuses these settings: .*bogus"),
+        (
+            "finetune:\n  grounding_mix: 1.5\n",
+            r"finetune: FinetuneConfig refuses.*grounding_mix must lie in \[0, 1\].*got 1.5",
+        ),
+        ("finetune:\n  grounding_mix: -0.1\n", r"grounding_mix must lie in \[0, 1\]"),
         ("grounding:\n  grounding_mix: 0.5\n", r"grounding.grounding_mix is a fine-tuning key"),
-        ("finetune:\n  bf16: maybe\n", r"finetune.bf16 must be true, false or auto"),
+        ("finetune:\n  templates: [title_to_tokens]\n", r"finetune.templates is not used: grounding.templates"),
+        (
+            "finetune:\n  bf16: maybe\n",
+            r"finetune: FinetuneConfig refuses.*bf16 must be true, false or 'auto', got 'maybe'",
+        ),
         ("data:\n  prompt_style: fancy\n", r"data.prompt_style must be one of"),
         ("data:\n  examples: sequence\n", r"data.examples must be one of \['windows', 'sequences'\], got 'sequence'"),
         ("data:\n  examples: sequences\n  max_history: 1\n", r"max_history=1 .*history of 0 items.*>= 2"),
@@ -78,9 +91,9 @@ def test_overrides_and_stage_defaults(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("grounding:\n  max_steps: 7\n")
     config = load_recipe_config(path, ["adapter.init=random", "finetune.learning_rate=2e-4"])
-    assert config.adapter.init == "random" and config.finetune.option("learning_rate") == 2e-4
-    assert config.grounding.max_steps == 7 and config.grounding.option("learning_rate") == 1e-3  # default kept
-    assert config.finetune.option("adam_beta2") == 0.999  # any TrainingArguments field, at its default
+    assert config.adapter.init == "random" and config.finetune.learning_rate == 2e-4
+    assert config.grounding.max_steps == 7 and config.grounding.learning_rate == 1e-3  # GroundingConfig's default
+    assert config.finetune.adam_beta2 == 0.999  # any TrainingArguments field, at its default
     with pytest.raises(ValueError, match="section.key=value"):
         load_recipe_config(path, ["init=mean"])
 
@@ -193,18 +206,53 @@ def test_a_mix_without_grounding_examples_is_refused_before_training(tiny_run_fi
     assert not (out / "semantic_ids.safetensors").exists() and not (out / "grounded").exists()
 
 
-def test_every_training_arguments_field_reaches_the_trainer(tmp_path):
+def test_stage_sections_are_the_training_arguments_the_trainers_get(tmp_path):
     from transformers import TrainingArguments
 
-    from gti_peft.recipe.stages import training_options
+    from gti_peft.training.grounding_config import GroundingConfig
 
     path = tmp_path / "r.yaml"
-    path.write_text("finetune:\n  adam_beta1: 0.5\n  train_sampling_strategy: group_by_length\n  bf16: false\n")
+    path.write_text(
+        "finetune:\n  adam_beta1: 0.5\n  train_sampling_strategy: group_by_length\n  bf16: false\n"
+        "data:\n  prompt_style: plain\n  max_length: 99\n"
+    )
+    config = load_recipe_config(path, [f"output.output_dir={tmp_path / 'run'}", "output.seed=3"])
+    args = config.finetune
+    assert isinstance(args, TrainingArguments) and isinstance(config.grounding, GroundingConfig)
+    assert args.adam_beta1 == 0.5 and args.train_sampling_strategy == "group_by_length" and args.bf16 is False
+    assert args.seed == 3 and args.output_dir == str(tmp_path / "run" / "checkpoints-finetune")
+    assert args.learning_rate == 5e-4 and args.save_total_limit == 2  # FinetuneConfig's / the recipe's defaults
+    grounding = config.grounding  # the data section's prompt settings reach grounding; the seed and folder too
+    assert (grounding.prompt_style, grounding.max_length, grounding.seed) == ("plain", 99, 3)
+    assert grounding.output_dir == str(tmp_path / "run" / "checkpoints-ground")
+
+
+def test_the_saved_recipe_reads_back_to_the_same_settings(tmp_path):
+    import yaml
+
+    from gti_peft.recipe.config import recipe_to_dict
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "adapter:\n  init: random\n  r: 4\n  target_modules: [q_proj, v_proj]\n"
+        "grounding:\n  max_steps: 7\n  templates: [title_to_tokens]\n  lr_scheduler_type: cosine\n"
+        "finetune:\n  grounding_mix: 0.25\n  adam_beta2: 0.99\n  learning_rate: 1e-3\n"
+    )
     config = load_recipe_config(path)
-    args = TrainingArguments(**training_options(config.finetune, tmp_path / "ckpt", seed=3))
-    assert args.adam_beta1 == 0.5 and args.train_sampling_strategy == "group_by_length"
-    assert args.seed == 3 and args.output_dir == str(tmp_path / "ckpt") and args.bf16 is False
-    assert args.learning_rate == 5e-4  # the stage's default where the YAML is silent
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(recipe_to_dict(config)))
+    again = load_recipe_config(saved)
+    assert recipe_to_dict(again) == recipe_to_dict(config)
+    assert (
+        again.finetune.to_dict() == config.finetune.to_dict()
+        and again.grounding.to_dict() == config.grounding.to_dict()
+    )
+    assert again.adapter.target_modules == {"q_proj", "v_proj"} and again.adapter.r == 4
+    assert (again.finetune.grounding_mix, again.finetune.adam_beta2, again.grounding.templates) == (
+        0.25,
+        0.99,
+        ["title_to_tokens"],
+    )
 
 
 def _tiny_sequence_setup(tiny_run_files, tmp_path, *overrides):

@@ -65,9 +65,9 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
         from ..recipe.vocabulary_config import build_vocabulary_config
 
         return task, build_vocabulary_config(apply_overrides(values, overrides or []), path.name)
-    from ..recipe.config import RecipeConfig, _build
+    from ..recipe.config import RecipeConfig, build_config
 
-    return task, _build(RecipeConfig, apply_overrides(values, overrides or []), path.name)
+    return task, build_config(RecipeConfig, apply_overrides(values, overrides or []), path.name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

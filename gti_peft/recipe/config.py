@@ -1,21 +1,24 @@
-"""The recipe's YAML, parsed into dataclasses: unknown keys, wrong types and contradictions fail at once."""
+"""The recommendation recipe's YAML: `adapter` is a `GTIConfig`, `grounding` a `GroundingConfig`, `finetune` a
+`FinetuneConfig` (each parsed by `HfArgumentParser` and checked by that config alone); the other sections are the
+recipe's own. Unknown keys, wrong types and contradictions fail at once, before anything loads."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..method.config import INIT_METHODS
+from ..method.config import GTIConfig
 from ..recsys.collaborative import EMBEDDINGS
 from ..recsys.quantizers import METHODS as SEMANTIC_ID_METHODS
-from ..training.precision import AUTO
-from ..training.templates import DEFAULT_TEMPLATES, PROMPT_STYLES
+from ..training.grounding_config import GroundingConfig
+from ..training.precision import AUTO, check_bf16
+from ..training.templates import PROMPT_STYLES, check_prompt_style
+from .finetune_config import FinetuneConfig
+from .parsing import ADAPTER_BOOKKEEPING, build_adapter, build_section, build_stage, explicit_settings
 
 STAGES = ("ground", "finetune", "evaluate")
 EXAMPLE_KINDS = ("windows", "sequences")
@@ -95,89 +98,8 @@ class SemanticIDArgs:
         },
     )
     collaborative_dim: int = field(default=64, metadata={"help": "Dimensions of the collaborative item vectors."})
-
-
-@dataclass
-class AdapterArgs:
-    init: str = field(default="mean", metadata={"help": f"Starting rows: one of {INIT_METHODS}."})
-    r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
     description_items_per_token: int = field(
-        default=8, metadata={"help": "init=description: titles of this many items describe a code token."}
-    )
-
-    def gti_config(self, new_token_ids: list[int], description_token_ids: list[list[int]] | None = None):
-        """The `GTIConfig` these settings describe, for `new_token_ids`."""
-        from ..method.config import GTIConfig
-
-        return GTIConfig(
-            new_token_ids=new_token_ids,
-            init=self.init,
-            description_token_ids=description_token_ids,
-            r=self.r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.target_modules,
-            task_type="CAUSAL_LM",
-        )
-
-
-# Keys a stage section may not set: the recipe owns them (checkpoint folders, one seed for the whole run).
-RECIPE_OWNED = {"output_dir": "output.output_dir", "seed": "output.seed", "resume_from_checkpoint": "rerunning"}
-RENAMED = {"batch_size": "per_device_train_batch_size"}
-_STAGE_COMMON = {
-    "per_device_train_batch_size": 16,
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler_type": "constant_with_warmup",
-    "warmup_steps": 10,
-    "logging_steps": 10,
-    "save_steps": 50,
-    "bf16": "auto",
-}
-
-
-@dataclass
-class TrainStageArgs:
-    """A training stage: the recipe's own keys below, plus ANY `transformers.TrainingArguments` field (e.g.
-    `max_steps`, `learning_rate`, `per_device_train_batch_size`, `bf16`), validated by `TrainingArguments` itself.
-    `bf16: auto` trains in bf16 only where this device runs it faster than fp32 (`gti_peft.training.precision`)."""
-
-    templates: list[str] | None = field(
-        default=None, metadata={"help": "Grounding only: names of the templates to ground with (default: all)."}
-    )
-    grounding_mix: float = field(
-        default=0.0,
-        metadata={
-            "help": "Fine-tuning only: fraction of fine-tuning examples drawn from the grounding templates "
-            "(continual grounding, as LC-Rec trains its alignment tasks alongside next-item prediction)."
-        },
-    )
-    training_args: dict = field(default_factory=dict, metadata={"help": "TrainingArguments fields of this stage."})
-
-    def option(self, name: str):
-        """A TrainingArguments value of this stage (its default where the YAML does not set it)."""
-        if name in self.training_args:
-            return self.training_args[name]
-        return _default_training_args().get(name)
-
-    @property
-    def max_steps(self) -> int:
-        return self.option("max_steps")
-
-
-@functools.cache
-def _default_training_args() -> dict:
-    """Every TrainingArguments field and its default (read once; callers do not mutate it)."""
-    import transformers
-
-    return {f.name: f.default for f in dataclasses.fields(transformers.TrainingArguments)}
-
-
-def _stage(max_steps: int, learning_rate: float, **extra) -> TrainStageArgs:
-    return TrainStageArgs(
-        training_args={"max_steps": max_steps, "learning_rate": learning_rate, **_STAGE_COMMON, **extra}
+        default=8, metadata={"help": "adapter.init=description: titles of this many items describe a code token."}
     )
 
 
@@ -209,23 +131,28 @@ class OutputArgs:
     seed: int = 0
 
 
+# what the recipe sets in each stage, besides the seed: its checkpoint folder, and for grounding the data's prompts
+STAGE_FOLDERS = {"grounding": "checkpoints-ground", "finetune": "checkpoints-finetune"}
+STAGE_SET_BY_RECIPE = ("output_dir", "seed", "prompt_style", "max_length", "use_cpu", "logging_dir")
+
+
 @dataclass
 class RecipeConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     semantic_ids: SemanticIDArgs = field(default_factory=SemanticIDArgs)
-    adapter: AdapterArgs = field(default_factory=AdapterArgs)
-    grounding: TrainStageArgs = field(default_factory=lambda: _stage(100, 1e-3, weight_decay=0.0))
-    finetune: TrainStageArgs = field(default_factory=lambda: _stage(200, 5e-4))
+    adapter: GTIConfig = field(default_factory=lambda: build_adapter({}, "adapter"))
+    grounding: GroundingConfig = field(default_factory=lambda: build_stage(GroundingConfig, {}, "grounding"))
+    finetune: FinetuneConfig = field(default_factory=lambda: build_stage(FinetuneConfig, {}, "finetune"))
     evaluation: EvalArgs = field(default_factory=EvalArgs)
     output: OutputArgs = field(default_factory=OutputArgs)
 
     def __post_init__(self):
         self.validate()
+        settle_stages(self, prompt_style=self.data.prompt_style, max_length=self.data.max_length)
 
     def validate(self) -> None:
-        if self.adapter.init not in INIT_METHODS:
-            raise ValueError(f"adapter.init must be one of {INIT_METHODS}, got {self.adapter.init!r}.")
+        """The recipe's own sections and how they combine; `adapter`, `grounding` and `finetune` checked themselves."""
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}.")
         unknown = [s for s in self.output.stages if s not in STAGES]
@@ -252,10 +179,6 @@ class RecipeConfig:
         self.validate_data()
         if self.evaluation.split not in ("test", "valid"):
             raise ValueError(f"evaluation.split must be 'test' or 'valid', got {self.evaluation.split!r}.")
-        names = {t.name for t in DEFAULT_TEMPLATES}
-        bad = [t for t in (self.grounding.templates or []) if t not in names]
-        if bad:
-            raise ValueError(f"grounding.templates has unknown template(s) {bad}; known: {sorted(names)}.")
         if self.model.load_in_4bit:
             try:
                 import bitsandbytes  # noqa: F401
@@ -263,25 +186,8 @@ class RecipeConfig:
                 raise ValueError(
                     "model.load_in_4bit=true needs bitsandbytes (pip install bitsandbytes), which failed to import."
                 ) from error
-        if self.data.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"data.prompt_style must be one of {PROMPT_STYLES}, got {self.data.prompt_style!r}.")
-        if self.evaluation.bf16 not in (True, False, AUTO):
-            raise ValueError(f"evaluation.bf16 must be true, false or auto, got {self.evaluation.bf16!r}.")
-        mix = self.finetune.grounding_mix
-        if not 0.0 <= mix <= 1.0:
-            raise ValueError(
-                f"finetune.grounding_mix must lie in [0, 1] (the fraction of fine-tuning examples drawn from the "
-                f"grounding templates), got {mix!r}."
-            )
-        if self.grounding.grounding_mix:
-            raise ValueError("grounding.grounding_mix is a fine-tuning key: set finetune.grounding_mix instead.")
-        if self.finetune.templates is not None:
-            raise ValueError(
-                "finetune.templates is not used: grounding.templates names the templates, for grounding and for "
-                "finetune.grounding_mix alike."
-            )
-        for stage in ("grounding", "finetune"):
-            validate_training_args(getattr(self, stage), stage)
+        check_prompt_style(self.data.prompt_style, "data.prompt_style")
+        check_bf16(self.evaluation.bf16, "evaluation.bf16")
 
     def validate_data(self) -> None:
         """The data and semantic-ID keys of issue-prone combinations: fine-tuning examples, history length, IDs."""
@@ -300,111 +206,45 @@ class RecipeConfig:
             raise ValueError(f"semantic_ids.collaborative_dim must be >= 1, got {sids.collaborative_dim}.")
 
 
-def validate_training_args(stage: TrainStageArgs, where: str) -> None:
-    """Let `transformers.TrainingArguments` validate a stage's options; name the stage in its errors."""
-    import tempfile
-
-    from transformers import TrainingArguments
-
-    options = dict(stage.training_args)
-    if options.get("bf16", False) not in (True, False, AUTO):
-        raise ValueError(f"{where}.bf16 must be true, false or auto, got {options.get('bf16')!r}.")
-    options["bf16"] = False  # "auto" is resolved when the stage runs, on its device
-    if options.get("max_steps", 0) < 0 or options.get("learning_rate", 1.0) <= 0:
-        raise ValueError(
-            f"{where}: max_steps >= 0 and learning_rate > 0 are required, got max_steps={options.get('max_steps')}, "
-            f"learning_rate={options.get('learning_rate')}."
-        )
-    try:
-        TrainingArguments(output_dir=tempfile.gettempdir(), use_cpu=True, report_to="none", **options)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{where}: transformers.TrainingArguments refuses these options: {error}") from error
+def settle_stages(config, **grounding) -> None:
+    """Set what the recipe owns in its stages: the checkpoint folders under `output.output_dir`, the run's seed, and
+    the data's prompt settings for grounding (`grounding`: `GroundingConfig` fields)."""
+    out = Path(config.output.output_dir)
+    for name, folder in STAGE_FOLDERS.items():
+        stage = getattr(config, name)
+        wanted = {"output_dir": str(out / folder), "seed": config.output.seed}
+        wanted |= grounding if name == "grounding" else {}
+        if any(getattr(stage, key) != value for key, value in wanted.items()):
+            setattr(config, name, dataclasses.replace(stage, **wanted))
 
 
-def _build_stage(default: TrainStageArgs, values: dict, where: str) -> TrainStageArgs:
-    """A stage section: its own keys, and every other key a TrainingArguments field (unknown keys refused)."""
-    import difflib
+SECTION_BUILDERS = {
+    GTIConfig: build_adapter,
+    GroundingConfig: lambda values, where: build_stage(GroundingConfig, values, where),
+    FinetuneConfig: lambda values, where: build_stage(FinetuneConfig, values, where),
+}
 
+
+def build_config(cls, values: dict, where: str, builders: dict = SECTION_BUILDERS):
+    """`cls` (a recipe config) from parsed YAML: each section by its builder, a partial section keeping the rest of
+    that section's defaults."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping, got {values!r}.")
-    own = {f.name for f in dataclasses.fields(TrainStageArgs)} - {"training_args"}
-    allowed = set(_default_training_args())
-    training_args = dict(default.training_args)
-    kwargs = {name: getattr(default, name) for name in own}
-    hints = typing.get_type_hints(TrainStageArgs)
-    for key, value in values.items():
-        if key in own:
-            kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
-        elif key in RECIPE_OWNED:
-            raise ValueError(f"{where}.{key} is set by the recipe: use {RECIPE_OWNED[key]} instead.")
-        elif key in RENAMED:
-            raise ValueError(f"{where}.{key} is now {RENAMED[key]} (the TrainingArguments name).")
-        elif key in allowed:
-            training_args[key] = float(value) if key == "learning_rate" and isinstance(value, (int, str)) else value
-        else:
-            close = difflib.get_close_matches(key, sorted(own | allowed), n=3)
-            raise ValueError(
-                f"Unknown key {key!r} in {where}: neither a stage key ({sorted(own)}) nor a "
-                f"transformers.TrainingArguments field" + (f"; did you mean {close}?" if close else ".")
-            )
-    return TrainStageArgs(training_args=training_args, **kwargs)
-
-
-def _check_type(value, hint, where: str):
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, where)
-            except ValueError as error:
-                errors.append(error)
-        raise errors[-1]
-    if hint is type(None):
-        if value is not None:
-            raise ValueError(f"{where} must be null, got {value!r}.")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list, got {value!r} ({type(value).__name__}).")
-        (inner,) = typing.get_args(hint)
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML reads 1e-3 as a string
-        except ValueError:
-            pass
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{where} must be {hint.__name__}, got {value!r} ({type(value).__name__}).")
-    return value
-
-
-def _default(cls, name: str):
-    f = cls.__dataclass_fields__[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{where} must be a mapping, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(names)}.")
+        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}.")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        hint = hints[name]
-        if hint is TrainStageArgs:
-            kwargs[name] = _build_stage(_default(cls, name), value or {}, f"{where}.{name}")
-        elif dataclasses.is_dataclass(hint):
-            # a partial section keeps the section's own defaults (e.g. grounding vs finetune steps)
-            defaults = dataclasses.asdict(_default(cls, name))
-            kwargs[name] = _build(hint, {**defaults, **(value or {})}, f"{where}.{name}")
+        section = f"{where}.{name}"
+        if hints[name] in builders:
+            kwargs[name] = builders[hints[name]](value or {}, section)
         else:
-            kwargs[name] = _check_type(value, hint, f"{where}.{name}")
+            defaults = dataclasses.asdict(fields[name].default_factory())
+            if not isinstance(value or {}, dict):
+                raise ValueError(f"{section} must be a mapping, got {value!r}.")
+            kwargs[name] = build_section(hints[name], {**defaults, **(value or {})}, section)
     return cls(**kwargs)
 
 
@@ -414,7 +254,7 @@ def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} does not exist.")
     values = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    return _build(RecipeConfig, values, path.name)
+    return build_config(RecipeConfig, values, path.name)
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -432,13 +272,15 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 
 def recipe_to_dict(config) -> dict:
-    """The config as YAML-ready sections that `load_recipe_config` reads back (stage options flattened)."""
+    """The config as YAML-ready sections that `load_recipe_config` reads back: the recipe's own sections whole, the
+    adapter and stages as the fields that differ from a fresh config's (what the recipe sets left out)."""
     values = {}
     for f in dataclasses.fields(config):
         section = getattr(config, f.name)
-        if isinstance(section, TrainStageArgs):
-            own = {k: v for k, v in dataclasses.asdict(section).items() if k != "training_args"}
-            values[f.name] = own | section.training_args
+        if isinstance(section, GTIConfig):
+            values[f.name] = explicit_settings(section, exclude=ADAPTER_BOOKKEEPING)
+        elif isinstance(section, (GroundingConfig, FinetuneConfig)):
+            values[f.name] = explicit_settings(section, exclude=STAGE_SET_BY_RECIPE)
         else:
             values[f.name] = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
     return values

@@ -27,7 +27,7 @@ from ..recsys import (
 from ..recsys.collaborative import item_embeddings
 from ..sharing.adapter_format import SEMANTIC_IDS_NAME
 from ..training.grounding import grounding_dataset
-from ..training.templates import DEFAULT_TEMPLATES, IGNORE_INDEX, encode_prompt, encode_prompt_answer, render_examples
+from ..training.templates import IGNORE_INDEX, encode_prompt, encode_prompt_answer, render_examples
 from .config import RecipeConfig
 
 SID_FILE = SEMANTIC_IDS_NAME
@@ -89,12 +89,6 @@ def code_descriptions(tokenizer, sids: SemanticIDs, data: RecData, per_token: in
     return description_token_ids(tokenizer, texts)
 
 
-def grounding_templates(config: RecipeConfig) -> list:
-    """The templates `grounding.templates` names (all of `DEFAULT_TEMPLATES` when it names none)."""
-    names = set(config.grounding.templates or [t.name for t in DEFAULT_TEMPLATES])
-    return [t for t in DEFAULT_TEMPLATES if t.name in names]
-
-
 def recommendation_prompt(config: RecipeConfig, token_lists: dict[str, list[str]], history: list[str]) -> str:
     """The next-item question for one history (its semantic IDs as strings of new tokens)."""
     sids = ["".join(token_lists[item]) for item in history]
@@ -141,8 +135,8 @@ def check_grounding_mix(config: RecipeConfig, data: RecData) -> None:
         return
     titles, descriptions = data.items["title"], data.items["description"]
     pairs = [{"tokens": "<id>", "title": t, "description": d} for t, d in zip(titles, descriptions)]
-    if not render_examples(pairs, grounding_templates(config)):
-        names = [t.name for t in grounding_templates(config)]
+    if not render_examples(pairs, config.grounding.grounding_templates()):
+        names = [t.name for t in config.grounding.grounding_templates()]
         raise ValueError(
             f"finetune.grounding_mix={mix} asks for grounding examples, but grounding.templates {names} apply to no "
             "item (they need fields the items lack): choose templates the item table can fill, or set "
@@ -222,7 +216,7 @@ def finetune_dataset(config: RecipeConfig, tokenizer, sids: SemanticIDs, data: R
         return task
     check_grounding_mix(config, data)
     pairs = grounding_pairs(data.items, sids)
-    grounding = grounding_dataset(tokenizer, pairs, grounding_templates(config), length, style)
+    grounding = grounding_dataset(tokenizer, pairs, config.grounding.grounding_templates(), length, style)
     grounding = grounding.remove_columns(["template"]).shuffle(seed=seed)
     if mix >= 1:
         return grounding

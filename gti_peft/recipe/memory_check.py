@@ -20,7 +20,7 @@ def recipe_memory_estimate(config: RecipeConfig, model_config, n_new_tokens: int
     ]
     if not stages:
         return None
-    batch = max(args.option("per_device_train_batch_size") for args in stages)
+    batch = max(args.per_device_train_batch_size for args in stages)
     return estimate_training_memory(
         model_config,
         n_new_tokens=n_new_tokens,

@@ -14,6 +14,7 @@ from ..recsys import SemanticIDs
 from ..training.quantization import guard_cpu_4bit_training, load_4bit_causal_lm
 from .config import RecipeConfig
 from .data import RecData, code_descriptions
+from .parsing import adapter_for
 
 
 def load_base(config: RecipeConfig):
@@ -37,11 +38,10 @@ def _fresh_adapter(config: RecipeConfig, base, tokenizer, sids: SemanticIDs, dat
             f"{rows} embedding rows: they do not belong together. Load both from the same model."
         )
     ids = add_new_tokens(tokenizer, sids.vocabulary())
-    args = config.adapter
     descriptions = None
-    if args.init == "description":
-        descriptions = code_descriptions(tokenizer, sids, data, args.description_items_per_token)
-    return get_peft_model(base, args.gti_config(ids, descriptions))
+    if config.adapter.init == "description":
+        descriptions = code_descriptions(tokenizer, sids, data, config.semantic_ids.description_items_per_token)
+    return get_peft_model(base, adapter_for(config.adapter, ids, descriptions))
 
 
 def build_model(config: RecipeConfig, sids: SemanticIDs, data: RecData, resume_from: Path | None):

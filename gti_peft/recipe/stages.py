@@ -5,77 +5,52 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..recsys import SemanticIDs, format_metrics_table, grounding_pairs
 from ..recsys.recommender import Recommender
 from ..training.grounding import ground
-from ..training.precision import resolve_bf16
 from ..training.trainer import AnswerOnlyTrainer, answer_collator
-from .config import RecipeConfig, TrainStageArgs
-from .data import RecData, finetune_dataset, grounding_templates
+from .config import RecipeConfig
+from .data import RecData, finetune_dataset
 from .evaluation import check_history_exclusion, evaluate_next_item, prompt_settings
 
 
-def training_options(stage: TrainStageArgs, output_dir: Path, seed: int) -> dict:
-    """The stage's TrainingArguments: its YAML options, with checkpoints under `output_dir` and `bf16` resolved."""
-    options = {
-        "save_strategy": "steps",
-        "save_total_limit": 2,
-        "report_to": "none",
-        # without use_cpu, Trainer never joins a CPU process group: every torchrun rank would think it is rank 0
-        "use_cpu": not torch.cuda.is_available(),
-        **stage.training_args,
-        "output_dir": str(output_dir),
-        "seed": seed,
-        "remove_unused_columns": False,
-    }
-    options["bf16"] = resolve_bf16(options.get("bf16", False))
-    return options
-
-
-def _last_checkpoint(folder: Path) -> str | None:
+def last_checkpoint(args) -> str | None:
+    """The newest checkpoint in a stage's `output_dir`, to resume from (None: start)."""
+    folder = Path(args.output_dir)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def ground_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, data: RecData, out: Path) -> dict:
-    checkpoints = out / "checkpoints-ground"
-    options = training_options(config.grounding, checkpoints, config.output.seed)
     report = ground(
         model,
         tokenizer,
         grounding_pairs(data.items, sids),
-        grounding_templates(config),
-        max_length=config.data.max_length,
-        prompt_style=config.data.prompt_style,
+        config.grounding,
         reference=sids.codebook_for_tokens(),  # the code tokens come first in sids.vocabulary()
-        resume_from_checkpoint=_last_checkpoint(checkpoints),
-        **options,
+        resume_from_checkpoint=last_checkpoint(config.grounding),
     )
     return {k: v for k, v in report.to_dict().items() if k != "diagnostics_before"}
 
 
 def finetune_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, data: RecData, out: Path) -> dict:
-    checkpoints = out / "checkpoints-finetune"
-    options = training_options(config.finetune, checkpoints, config.output.seed)
     dataset = finetune_dataset(config, tokenizer, sids, data)
     trainer = AnswerOnlyTrainer(
         model=model,
-        args=TrainingArguments(**options),
+        args=config.finetune,
         train_dataset=dataset,
         data_collator=answer_collator(tokenizer),
         processing_class=tokenizer,
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(config.finetune))
     seconds = time.perf_counter() - start
     tokens = sum(len(ids) for ids in dataset["input_ids"]) / max(len(dataset), 1)
     return {
         "steps": result.global_step,
         "seconds": seconds,
-        "bf16": options["bf16"],
+        "bf16": config.finetune.bf16,
         "examples": len(dataset),
         "grounding_mix": config.finetune.grounding_mix,
         "mean_tokens_per_example": tokens,

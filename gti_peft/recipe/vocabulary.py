@@ -7,6 +7,7 @@ geometry are compared, with a paired bootstrap over held-out sentences.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
-from transformers import AutoTokenizer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, set_seed
 
 from ..assets import offline as offline_assets
 from ..method.init import description_token_ids
@@ -32,7 +33,7 @@ from ..training.trainer import AnswerOnlyTrainer, answer_collator
 from .config import recipe_to_dict
 from .model import load_base
 from .outputs import prepare_output_dir
-from .stages import training_options
+from .parsing import adapter_for
 from .vocabulary_config import VocabularyConfig
 from .vocabulary_data import VocabularyData, load_vocabulary_data
 
@@ -49,8 +50,9 @@ def encode_corpus(tokenizer, texts: list[str], max_length: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def _training_args(stage, output_dir: Path, seed: int, **extra) -> dict:
-    return training_options(stage, output_dir, seed) | {"save_strategy": "no"} | extra
+def _in_arm_folder(stage, folder: Path):
+    """A stage's settings for one arm: its own checkpoint folder, no checkpoints (an arm reruns whole)."""
+    return dataclasses.replace(stage, output_dir=str(folder / Path(stage.output_dir).name), save_strategy="no")
 
 
 @torch.no_grad()
@@ -138,7 +140,7 @@ def build_arm_model(config: VocabularyConfig, tokenizer, new_ids: list[int], pai
     descriptions = None
     if config.adapter.init == "description":
         descriptions = description_token_ids(tokenizer, [p["text"] for p in pairs])
-    return get_peft_model(base, config.adapter.gti_config(new_ids, descriptions))
+    return get_peft_model(base, adapter_for(config.adapter, new_ids, descriptions))
 
 
 def run_arm(config, tokenizer, data: VocabularyData, new_ids, grounding_steps: int, folder: Path, state) -> dict:
@@ -154,15 +156,12 @@ def run_arm(config, tokenizer, data: VocabularyData, new_ids, grounding_steps: i
         result["geometry"]["start"] = diagnostics.summarize_model(model, reference)
     if not resumed and grounding_steps and "ground" in config.output.stages:
         start = time.perf_counter()
-        stage = config.grounding
         report = ground(
             model,
             tokenizer,
             data.pairs,
-            config.templates,
-            max_length=config.data.max_length,
+            _in_arm_folder(config.grounding, folder),
             reference=reference,
-            **_training_args(stage, folder / "checkpoints-ground", seed, weight_decay=0.0),
         )
         result["seconds"]["ground"] = time.perf_counter() - start
         result["grounding_loss"] = report.loss_history
@@ -171,7 +170,7 @@ def run_arm(config, tokenizer, data: VocabularyData, new_ids, grounding_steps: i
         start = time.perf_counter()
         trainer = AnswerOnlyTrainer(
             model=model,
-            args=TrainingArguments(**_training_args(config.finetune, folder / "checkpoints-finetune", seed)),
+            args=_in_arm_folder(config.finetune, folder),
             train_dataset=encode_corpus(tokenizer, data.train_texts, config.data.max_length),
             data_collator=answer_collator(tokenizer),
             processing_class=tokenizer,

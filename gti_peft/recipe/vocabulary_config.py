@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..method.config import INIT_METHODS
+from ..method.config import GTIConfig
+from ..training.grounding_config import GroundingConfig
 from ..training.templates import TEXT_TEMPLATES
-from .config import STAGES, AdapterArgs, ModelArgs, OutputArgs, TrainStageArgs, _build, _stage, validate_training_args
+from .config import SECTION_BUILDERS, STAGES, ModelArgs, OutputArgs, build_config, settle_stages
+from .finetune_config import FinetuneConfig
+from .parsing import build_adapter, build_stage
+
+# the vocabulary recipe's grounding prompts take their length from data.max_length (its corpus has no prompt style)
+BUILDERS = SECTION_BUILDERS | {
+    GroundingConfig: lambda values, where: build_stage(
+        GroundingConfig, values, where, {"max_length": "data.max_length"}
+    )
+}
 
 SOURCES = ("files", "wordnet")
 
@@ -48,9 +58,9 @@ class VocabularyEvalArgs:
 class VocabularyConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: VocabularyDataArgs = field(default_factory=VocabularyDataArgs)
-    adapter: AdapterArgs = field(default_factory=AdapterArgs)
-    grounding: TrainStageArgs = field(default_factory=lambda: _stage(100, 1e-2, weight_decay=0.0))
-    finetune: TrainStageArgs = field(default_factory=lambda: _stage(100, 5e-4))
+    adapter: GTIConfig = field(default_factory=lambda: build_adapter({}, "adapter"))
+    grounding: GroundingConfig = field(default_factory=lambda: build_stage(GroundingConfig, {}, "grounding"))
+    finetune: FinetuneConfig = field(default_factory=lambda: build_stage(FinetuneConfig, {}, "finetune"))
     evaluation: VocabularyEvalArgs = field(default_factory=VocabularyEvalArgs)
     output: OutputArgs = field(default_factory=lambda: OutputArgs(output_dir="outputs/vocabulary"))
 
@@ -62,8 +72,6 @@ class VocabularyConfig:
             raise ValueError("data.source='files' needs data.tokens (the token/text table) and data.corpus.")
         if not 0 < data.heldout_fraction < 1:
             raise ValueError(f"data.heldout_fraction must lie in (0, 1), got {data.heldout_fraction}.")
-        if self.adapter.init not in INIT_METHODS:
-            raise ValueError(f"adapter.init must be one of {INIT_METHODS}, got {self.adapter.init!r}.")
         unknown = [s for s in self.output.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"output.stages has unknown stage(s) {unknown}; choose from {list(STAGES)}.")
@@ -71,19 +79,16 @@ class VocabularyConfig:
         bad = [t for t in (self.grounding.templates or []) if t not in names]
         if bad:
             raise ValueError(
-                f"grounding.templates has unknown template(s) {bad}; for (token, text) pairs: {sorted(names)}."
+                f"grounding.templates names {bad}, which need titles or descriptions; (token, text) pairs take "
+                f"{sorted(names)}."
             )
-        if self.finetune.grounding_mix or self.grounding.grounding_mix:
-            raise ValueError("grounding_mix is a recommendation-recipe key; the vocabulary recipe has no mix.")
-        for stage in ("grounding", "finetune"):
-            validate_training_args(getattr(self, stage), stage)
-
-    @property
-    def templates(self) -> list:
-        names = set(self.grounding.templates or [t.name for t in TEXT_TEMPLATES])
-        return [t for t in TEXT_TEMPLATES if t.name in names]
+        if self.finetune.grounding_mix:
+            raise ValueError(
+                "finetune.grounding_mix is a recommendation-recipe key; the vocabulary recipe has no mix."
+            )
+        settle_stages(self, max_length=data.max_length)
 
 
 def build_vocabulary_config(values: dict, where: str) -> VocabularyConfig:
     """A `VocabularyConfig` from parsed YAML (unknown keys and wrong types name the key)."""
-    return _build(VocabularyConfig, values, where)
+    return build_config(VocabularyConfig, values, where, BUILDERS)

@@ -158,10 +158,9 @@ def _check_new_items(table: Dataset, sids: SemanticIDs) -> list[str]:
 
 def _check_grounding_settings(style: str | None, batch_size, learning_rate, max_length) -> None:
     """The grounding pass's own settings, checked before any file is written or model loaded."""
-    from ..training.templates import PROMPT_STYLES
+    from ..training.templates import check_prompt_style
 
-    if style is not None and style not in PROMPT_STYLES:
-        raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES} (or None: the adapter's own), got {style!r}.")
+    check_prompt_style(style, "`prompt_style`", allow_none=True)
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}: pass e.g. {name}=16.")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..sharing.adapter_format import CONFIG_NAME, read_config
-from ..training.templates import PROMPT_STYLES, encode_prompt
+from ..training.templates import check_prompt_style, encode_prompt
 from .beam_search import MAX_TOP_K, check_items_left, constrained_beam_search
 from .data import recommendation_messages
 from .semantic_ids import SAVE_NAME as SID_FILE
@@ -55,8 +55,7 @@ class PromptSettings:
     def __post_init__(self):
         if self.examples not in EXAMPLE_KINDS:
             raise ValueError(f"`examples` must be one of {list(EXAMPLE_KINDS)}, got {self.examples!r}.")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"`prompt_style` must be one of {list(PROMPT_STYLES)}, got {self.prompt_style!r}.")
+        check_prompt_style(self.prompt_style, "`prompt_style`")
         for name in ("max_history", "num_beams"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 
-from .templates import DEFAULT_TEMPLATES, PROMPT_STYLES
+from .arguments import settle_training_arguments
+from .templates import DEFAULT_TEMPLATES, PROMPT_STYLES, check_prompt_style
 
 TEMPLATE_NAMES = tuple(t.name for t in DEFAULT_TEMPLATES)
 
@@ -68,23 +68,23 @@ class GroundingConfig(TrainingArguments):
         default=None,
         metadata={"help": "Train on the CPU. None: where no CUDA device is present (so CPU ranks form a group)."},
     )
+    bf16: bool | str = field(
+        default=False,
+        metadata={"help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster)."},
+    )
 
     def __post_init__(self):
         unknown = [name for name in self.templates or [] if name not in TEMPLATE_NAMES]
         if unknown or (self.templates is not None and not self.templates):
             raise ValueError(
-                f"GroundingConfig.templates got {self.templates!r}: name one or more of {list(TEMPLATE_NAMES)}, "
-                "or leave it None for every template the pairs can fill."
+                f"GroundingConfig.templates got {self.templates!r} (unknown template(s) {unknown}): name one or more "
+                f"of {list(TEMPLATE_NAMES)}, or leave it None for every template the pairs can fill."
             )
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(
-                f"GroundingConfig.prompt_style must be one of {list(PROMPT_STYLES)}, got {self.prompt_style!r}."
-            )
+        check_prompt_style(self.prompt_style, "GroundingConfig.prompt_style")
         for name in ("max_length", "eval_examples_per_template"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GroundingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
-        if self.use_cpu is None:
-            self.use_cpu = not torch.cuda.is_available()
+        settle_training_arguments(self, "GroundingConfig")
         temporary = self.output_dir is None
         super().__post_init__()  # TrainingArguments' own checks: bad options fail here, before any work
         if temporary:

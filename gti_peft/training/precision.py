@@ -39,10 +39,13 @@ def bf16_is_faster() -> bool:
     return bf16 < 0.8 * fp32
 
 
+def check_bf16(value, name: str = "bf16") -> None:
+    """The one check of a bf16 setting: true, false or "auto" (`name`: where it is set)."""
+    if not (isinstance(value, bool) or value == AUTO):
+        raise ValueError(f"{name} must be true, false or 'auto', got {value!r}.")
+
+
 def resolve_bf16(value: bool | str) -> bool:
     """`True` / `False` as given; `"auto"`: `bf16_is_faster()`."""
-    if value == AUTO:
-        return bf16_is_faster()
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"bf16 must be true, false or 'auto', got {value!r}.")
+    check_bf16(value)
+    return bf16_is_faster() if value == AUTO else value

@@ -53,6 +53,14 @@ DEFAULT_TEMPLATES = PAPER_TEMPLATES + TEXT_TEMPLATES
 PROMPT_STYLES = ("chat", "chat_no_system", "plain")
 
 
+def check_prompt_style(style, name: str = "prompt_style", allow_none: bool = False) -> None:
+    """The one check of a prompt style: every config and call that takes one calls this (`name`: where it is set)."""
+    if style in PROMPT_STYLES or (allow_none and style is None):
+        return
+    none = " (or None: the adapter's own)" if allow_none else ""
+    raise ValueError(f"{name} must be one of {list(PROMPT_STYLES)}{none}, got {style!r}.")
+
+
 def _chat(tokenizer, messages: list[dict], style: str, **kwargs) -> list[int]:
     if style == "chat_no_system":
         try:  # an empty system turn stops templates (SmolLM2, Llama 3) from adding their default system prompt
@@ -64,8 +72,7 @@ def _chat(tokenizer, messages: list[dict], style: str, **kwargs) -> list[int]:
 
 
 def _uses_chat(tokenizer, style: str) -> bool:
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"`prompt_style` must be one of {PROMPT_STYLES}, got {style!r}.")
+    check_prompt_style(style, "`prompt_style`")
     return style != "plain" and bool(getattr(tokenizer, "chat_template", None))
 
 
