@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 from common import OUTPUTS, ROOT, result_path, write_result
+from mapping import title_to_id_hits
 
 from gti_peft.assets.offline import MINILM, resolve
 from gti_peft.recipe import load_recipe_config, run_recipe
 from gti_peft.recipe.config import EvalArgs
 from gti_peft.recipe.data import prompt_ids
-from gti_peft.recipe.evaluation import evaluate_next_item, title_to_id_hits
+from gti_peft.recipe.evaluation import evaluate_next_item
 from gti_peft.recsys import (
     SemanticIDs,
     embed_texts,

@@ -100,13 +100,15 @@ def catalog(tiny: bool):
 
 def base_folder(tiny: bool, work: Path) -> str:
     """The base's folder: SmolLM2-135M-Instruct from the offline assets, or a tiny random Llama (SmolLM2 tokenizer)."""
-    from gti_peft.assets.offline import smollm2_path, smollm2_tokenizer
+    from transformers import AutoTokenizer
+
+    from gti_peft.assets.offline import smollm2_path
 
     if not tiny:
         return smollm2_path()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = smollm2_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

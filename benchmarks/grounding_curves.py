@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from common import ROOT, load_result, result_path, write_result
+from mapping import code_accuracy, title_to_id_hits
 from transformers import TrainerCallback, set_seed
 
 from gti_peft import ground, new_token_rows
 from gti_peft.recipe.config import load_recipe_config
 from gti_peft.recipe.data import load_data, semantic_ids_stage
-from gti_peft.recipe.evaluation import code_accuracy, title_to_id_hits
 from gti_peft.recipe.model import build_model
 from gti_peft.recsys import grounding_pairs
 from gti_peft.training import diagnostics

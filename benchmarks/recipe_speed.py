@@ -162,9 +162,7 @@ def main() -> None:
         built[name] = (config, tokenizer, model, finetune, grounding)
         for stage, dataset in [(s, d) for s, d in (("finetune", finetune), ("ground", grounding)) if s in stages]:
             section = config.finetune if stage == "finetune" else config.grounding
-            first = answer_collator(tokenizer)(
-                [dataset[i] for i in range(section.per_device_train_batch_size)]
-            )
+            first = answer_collator(tokenizer)([dataset[i] for i in range(section.per_device_train_batch_size)])
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=section.bf16 is True):
                 model.eval()
                 losses[(name, stage)] = float(answer_loss(model, first))

@@ -76,12 +76,19 @@ def batch():
     return {"input_ids": ids, "labels": ids.clone()}
 
 
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer alone (vocabulary and chat template), for tests with tiny models."""
+    from transformers import AutoTokenizer
+
+    from gti_peft.assets.offline import smollm2_path
+
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
 @pytest.fixture(scope="session")
 def tiny_run_files(tmp_path_factory):
     """A tiny Llama with the real SmolLM2 tokenizer, and a synthetic catalog + interaction log as CSV files."""
     root = tmp_path_factory.mktemp("recipe")
-    from gti_peft.assets.offline import smollm2_tokenizer
-
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
     LlamaForCausalLM(llama_config(tied=True, vocab=len(tokenizer))).save_pretrained(root / "model")

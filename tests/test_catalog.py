@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smollm2_tokenizer
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from gti_peft import GTIConfig, add_new_tokens
-from gti_peft.assets.offline import MINILM, smollm2_tokenizer
+from gti_peft.assets.offline import MINILM
 from gti_peft.cli.extend_catalog import main as extend_main
 from gti_peft.recipe.evaluation import item_trie
 from gti_peft.recsys import SemanticIDs, item_texts, load_items

@@ -7,12 +7,11 @@ import tempfile
 
 import pytest
 import torch
-from conftest import llama_config
+from conftest import llama_config, smollm2_tokenizer
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from gti_peft import GTIConfig, add_new_tokens, ground, new_token_parameters, new_token_rows
-from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.training.templates import GroundingTemplate
 
 TITLES = ["Toy Story", "Heat", "Casino", "Babe", "Clueless", "Apollo 13", "Braveheart", "Jumanji"]
@@ -175,11 +174,10 @@ def test_ground_refuses_a_model_without_gti(tokenizer_and_pairs):
 
 
 def test_grounding_refuses_another_models_tokenizer_before_training():
-    from conftest import NEW_IDS, snapshot, tiny_llama
+    from conftest import NEW_IDS, smollm2_tokenizer, snapshot, tiny_llama
     from peft import get_peft_model
 
     from gti_peft import GTIConfig, ground
-    from gti_peft.assets.offline import smollm2_tokenizer
 
     model = get_peft_model(tiny_llama(), GTIConfig(new_token_ids=NEW_IDS, r=2, target_modules=["q_proj"]))
     before = snapshot(model)

@@ -12,7 +12,7 @@ from unittest.mock import Mock
 
 import pytest
 import torch
-from conftest import llama_config, snapshot, tiny_phi
+from conftest import llama_config, smollm2_tokenizer, snapshot, tiny_phi
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, 
 
 import gti_peft
 from gti_peft import GTIConfig, add_new_tokens
-from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.recsys.beam_search import constrained_beam_search
 from gti_peft.recsys.trie import ItemTrie
 from gti_peft.sharing.adapter_format import add_new_token_ids, vocabulary_size_for

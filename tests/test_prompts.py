@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import smollm2_tokenizer
 
 from gti_peft import add_new_tokens
-from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.training.templates import IGNORE_INDEX, PROMPT_STYLES, encode_prompt, encode_prompt_answer
 
 

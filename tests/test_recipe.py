@@ -147,11 +147,10 @@ def test_a_log_where_no_user_has_three_interactions_fails_clearly(tiny_run_files
 @pytest.mark.parametrize("bf16", [False, True])
 def test_evaluation_runs_at_the_precision_evaluation_bf16_names(bf16):
     import torch
-    from conftest import llama_config
+    from conftest import llama_config, smollm2_tokenizer
     from transformers import LlamaForCausalLM
 
     from gti_peft import add_new_tokens
-    from gti_peft.assets.offline import smollm2_tokenizer
     from gti_peft.recipe.config import EvalArgs
     from gti_peft.recipe.evaluation import evaluate_next_item
 

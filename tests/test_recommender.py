@@ -25,8 +25,9 @@ def test_known_items_are_the_training_sequence_and_the_prompt_history():
 
 
 def test_evaluation_leaves_the_history_out_of_both_arms():
+    from conftest import smollm2_tokenizer
+
     from gti_peft import add_new_tokens
-    from gti_peft.assets.offline import smollm2_tokenizer
 
     tokenizer = smollm2_tokenizer()
     add_new_tokens(tokenizer, [f"<a_{i}>" for i in range(5)] + ["<b_0>", "<b_1>"])

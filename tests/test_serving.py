@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import llama_config
+from conftest import llama_config, smollm2_tokenizer
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from gti_peft import GTIConfig, add_new_tokens
-from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.recsys import serving
 from gti_peft.recsys.beam_search import constrained_beam_search
 from gti_peft.recsys.serving import (

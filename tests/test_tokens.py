@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import smollm2_tokenizer, tiny_llama
 
 from gti_peft import add_new_tokens
-from gti_peft.assets.offline import smollm2_tokenizer
 
 
 @pytest.fixture

