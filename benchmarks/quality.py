@@ -111,12 +111,12 @@ def run_arm(config) -> dict:
 def probe(config, folder: Path, n_items: int, evaluate_users: bool) -> dict:
     """Load a saved adapter (or checkpoint) and measure it: title -> ID hits, spectrum, next-item metrics."""
     from accelerate import PartialState
+    from mapping import title_to_id_hits
 
     from gti_peft import new_token_rows
     from gti_peft.recipe.data import load_data, semantic_ids_stage
-    from gti_peft.recipe.evaluation import title_to_id_hits
     from gti_peft.recipe.model import build_model
-    from gti_peft.recipe.stages import evaluate_stage
+    from gti_peft.recipe.recommendation import evaluate_stage
     from gti_peft.recsys import grounding_pairs
     from gti_peft.training import diagnostics
 

@@ -130,13 +130,22 @@ def test_wordnet_rare_words_become_tokens_with_glosses_and_examples():
         rare_word_vocabulary(wordnet_dir(), 0)
 
 
-def test_recipe_runs_gti_and_the_mean_start_at_equal_steps(tmp_path, tiny_run_files):
+def test_recipe_runs_gti_and_the_mean_start_at_equal_steps(tmp_path, tiny_run_files, capsys):
     results = run_vocabulary(config_for(tmp_path, tiny_run_files / "model"))
+    assert capsys.readouterr().out.count("expected peak") == 2  # the memory check, once per arm, before loading
     arms = results["arms"]
     assert list(arms) == ["mean start + GTI", "mean start"]
     gti, mean = arms["mean start + GTI"], arms["mean start"]
-    assert gti["finetune_steps"] == mean["finetune_steps"] == 2 and gti["grounding_steps"] == 2
+    assert gti["finetune"]["steps"] == mean["finetune"]["steps"] == 2 and gti["grounding"]["steps"] == 2
+    assert gti["grounding_steps"] == 2 and mean["grounding_steps"] == 0 and "grounding" not in mean
     assert gti["geometry"]["start"]["effective_rank"] < gti["geometry"]["grounded"]["effective_rank"]
+    # each arm is a whole pipeline run: its own recipe.yaml, metrics and stage folders, with the memory check
+    for folder in ("gti", "no_grounding"):
+        assert (tmp_path / "run" / folder / "recipe.yaml").is_file()
+        assert (tmp_path / "run" / folder / "metrics.json").is_file()
+    assert (tmp_path / "run" / "gti" / "grounded").is_dir() and not (
+        tmp_path / "run" / "no_grounding" / "grounded"
+    ).exists()
     for arm in (gti, mean):
         m = arm["metrics"]
         assert m["heldout_texts"] == 3 and m["heldout_new_token_positions"] >= 3

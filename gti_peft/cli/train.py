@@ -48,26 +48,23 @@ def resolve_config(name_or_path: str) -> Path:
 
 def load_config(name_or_path: str, overrides: list[str] | None = None):
     """`(task, config)` of a recipe name or YAML path plus overrides; errors name the key and the fix."""
+    from ..recipe.config import apply_overrides
+
     path = resolve_config(name_or_path)
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"--config {name_or_path!r} must hold a mapping of sections, got {type(values).__name__}.")
-    if "task" not in values:  # the recommendation recipe's own loader, as recipes/gti.py always used
-        from ..recipe.config import load_recipe_config
-
-        return "recommendation", load_recipe_config(path, overrides)
-    from ..recipe.config import apply_overrides
-
-    task = values.pop("task")
+    task = values.pop("task", "recommendation")
     if task not in TASKS:
         raise ValueError(f"task: {task!r} in {path.name} is not a recipe; choose one of {list(TASKS)}.")
+    values = apply_overrides(values, overrides or [])
     if task == "vocabulary":
         from ..recipe.vocabulary_config import build_vocabulary_config
 
-        return task, build_vocabulary_config(apply_overrides(values, overrides or []), path.name)
+        return task, build_vocabulary_config(values, path.name)
     from ..recipe.config import RecipeConfig, build_config
 
-    return task, build_config(RecipeConfig, apply_overrides(values, overrides or []), path.name)
+    return task, build_config(RecipeConfig, values, path.name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -253,8 +253,11 @@ def load_recipe_config(path: str | Path, overrides: list[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} does not exist.")
-    values = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
-    return build_config(RecipeConfig, values, path.name)
+    values = yaml.safe_load(path.read_text()) or {}
+    task = values.pop("task", "recommendation") if isinstance(values, dict) else "recommendation"
+    if task != "recommendation":
+        raise ValueError(f"{path.name} is a {task!r} recipe: run it with `gti-peft train --config {path}`.")
+    return build_config(RecipeConfig, apply_overrides(values, overrides or []), path.name)
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

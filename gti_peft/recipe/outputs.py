@@ -14,11 +14,12 @@ from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 
 
-def prepare_output_dir(config: RecipeConfig, state: PartialState) -> Path:
-    """Refuse a folder holding something else (or another run's settings) unless `overwrite`."""
+def prepare_output_dir(config, state: PartialState, task: str = "recommendation") -> Path:
+    """Refuse a folder holding something else (or another run's settings) unless `overwrite`; write `recipe.yaml`,
+    which reruns as it is (`gti-peft train --config <output_dir>/recipe.yaml`)."""
     out = Path(config.output.output_dir)
     saved = out / "recipe.yaml"
-    current = recipe_to_dict(config)
+    current = {"task": task, **recipe_to_dict(config)}
     comparable = {k: v for k, v in current.items() if k not in ("output", "evaluation")}
     if out.exists() and any(out.iterdir()) and not config.output.overwrite:
         if not saved.exists():

@@ -15,25 +15,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer
 
 from ..assets import offline as offline_assets
 from ..method.init import description_token_ids
 from ..method.tokens import add_new_tokens
 from ..recsys.metrics import paired_bootstrap
-from ..sharing.hub import save_for_hub
-from ..training import diagnostics
-from ..training.grounding import ground
 from ..training.templates import IGNORE_INDEX, TEXT_TEMPLATES, encode_prompt_answer
-from ..training.trainer import AnswerOnlyTrainer, answer_collator
-from .config import recipe_to_dict
+from ..training.trainer import answer_collator
 from .model import load_base
 from .outputs import prepare_output_dir
 from .parsing import adapter_for
+from .pipeline import run_pipeline
+from .task import Task
 from .vocabulary_config import VocabularyConfig
 from .vocabulary_data import VocabularyData, load_vocabulary_data
 
@@ -48,11 +45,6 @@ def encode_corpus(tokenizer, texts: list[str], max_length: int) -> Dataset:
         ids = (tokenizer(text)["input_ids"] + eos)[:max_length]
         rows.append({"input_ids": ids, "labels": list(ids), "attention_mask": [1] * len(ids)})
     return Dataset.from_list(rows)
-
-
-def _in_arm_folder(stage, folder: Path):
-    """A stage's settings for one arm: its own checkpoint folder, no checkpoints (an arm reruns whole)."""
-    return dataclasses.replace(stage, output_dir=str(folder / Path(stage.output_dir).name), save_strategy="no")
 
 
 @torch.no_grad()
@@ -132,75 +124,68 @@ def evaluate_arm(model, tokenizer, config: VocabularyConfig, data: VocabularyDat
     }
 
 
-def build_arm_model(config: VocabularyConfig, tokenizer, new_ids: list[int], pairs: list[dict], adapter: Path):
-    """The base + a fresh GTI adapter, or the adapter an earlier run saved in `adapter`."""
-    _, base = load_base(config)
-    if adapter.exists():
-        return PeftModel.from_pretrained(base, adapter, is_trainable=True)
-    descriptions = None
-    if config.adapter.init == "description":
-        descriptions = description_token_ids(tokenizer, [p["text"] for p in pairs])
-    return get_peft_model(base, adapter_for(config.adapter, new_ids, descriptions))
-
-
-def run_arm(config, tokenizer, data: VocabularyData, new_ids, grounding_steps: int, folder: Path, state) -> dict:
-    """Ground (when `grounding_steps`), fine-tune and evaluate one arm; its adapter goes to `folder/adapter`."""
-    seed = config.output.seed
-    set_seed(seed)
-    adapter = folder / "adapter"
-    resumed = adapter.exists()
-    model = build_arm_model(config, tokenizer, new_ids, data.pairs, adapter)
-    reference = text_reference(model, tokenizer, data.pairs)
-    result = {"grounding_steps": grounding_steps, "geometry": {}, "seconds": {}}
-    if not resumed:
-        result["geometry"]["start"] = diagnostics.summarize_model(model, reference)
-    if not resumed and grounding_steps and "ground" in config.output.stages:
-        start = time.perf_counter()
-        report = ground(
-            model,
-            tokenizer,
-            data.pairs,
-            _in_arm_folder(config.grounding, folder),
-            reference=reference,
-        )
-        result["seconds"]["ground"] = time.perf_counter() - start
-        result["grounding_loss"] = report.loss_history
-        result["geometry"]["grounded"] = diagnostics.summarize_model(model, reference)
-    if not resumed and config.finetune.max_steps and "finetune" in config.output.stages:
-        start = time.perf_counter()
-        trainer = AnswerOnlyTrainer(
-            model=model,
-            args=_in_arm_folder(config.finetune, folder),
-            train_dataset=encode_corpus(tokenizer, data.train_texts, config.data.max_length),
-            data_collator=answer_collator(tokenizer),
-            processing_class=tokenizer,
-        )
-        result["finetune_steps"] = trainer.train().global_step
-        result["seconds"]["finetune"] = time.perf_counter() - start
-        if state.is_main_process:
-            save_for_hub(model, tokenizer, adapter)
-    result["geometry"]["final"] = diagnostics.summarize_model(model, reference)
-    if "evaluate" in config.output.stages:
-        start = time.perf_counter()
-        result["metrics"] = evaluate_arm(model, tokenizer, config, data, new_ids)
-        result["seconds"]["evaluate"] = time.perf_counter() - start
-    return result
-
-
-def prepare_tokenizer(config: VocabularyConfig, data: VocabularyData):
-    """The base's tokenizer with the new tokens (tokens it already has are refused here, before the model loads)."""
-    tokenizer = AutoTokenizer.from_pretrained(offline_assets.resolve(config.model.name_or_path))
-    vocab = tokenizer.get_vocab()
-    known = [t for t in data.tokens if t in vocab]
-    if known:
-        raise ValueError(
-            f"data.tokens: {known[:5]} already exist in the tokenizer of {config.model.name_or_path!r}: GTI "
-            "would overwrite trained rows. Rename them (e.g. wrap them in <...>)."
-        )
-    new_ids = add_new_tokens(tokenizer, data.tokens)
+def prepare_tokenizer(config: VocabularyConfig, data: VocabularyData, source: str | Path | None = None):
+    """The tokenizer with the new tokens: the base's (tokens it already has are refused here, before the model
+    loads), or the one saved with an adapter (`source`)."""
+    if source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(offline_assets.resolve(config.model.name_or_path))
+        known = [t for t in data.tokens if t in tokenizer.get_vocab()]
+        if known:
+            raise ValueError(
+                f"data.tokens: {known[:5]} already exist in the tokenizer of {config.model.name_or_path!r}: GTI "
+                "would overwrite trained rows. Rename them (e.g. wrap them in <...>)."
+            )
+        add_new_tokens(tokenizer, data.tokens)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, new_ids
+    return tokenizer
+
+
+class VocabularyTask(Task):
+    """New tokens from a (token, text) table, grounded on their texts, fine-tuned on a corpus that uses them,
+    evaluated by held-out loss at their positions and text -> token accuracy."""
+
+    name = "vocabulary"
+    config: VocabularyConfig
+
+    def __init__(self, config: VocabularyConfig, data: VocabularyData | None = None):
+        super().__init__(config)
+        self.data = data
+
+    def prepare(self, out: Path, state: PartialState) -> None:
+        if self.data is None:
+            self.data = load_vocabulary_data(self.config.data)
+        prepare_tokenizer(self.config, self.data)  # refuses tokens the base already has
+
+    def new_tokens(self) -> list[str]:
+        return list(self.data.tokens)
+
+    def build_model(self, resume_from: Path | None):
+        config = self.config
+        tokenizer = prepare_tokenizer(config, self.data, resume_from)
+        _, base = load_base(config)
+        if resume_from is not None:
+            return tokenizer, PeftModel.from_pretrained(base, resume_from, is_trainable=True)
+        new_ids = tokenizer.convert_tokens_to_ids(self.data.tokens)
+        descriptions = None
+        if config.adapter.init == "description":
+            descriptions = description_token_ids(tokenizer, [p["text"] for p in self.data.pairs])
+        return tokenizer, get_peft_model(base, adapter_for(config.adapter, new_ids, descriptions))
+
+    def reference(self, model, tokenizer):
+        return text_reference(model, tokenizer, self.data.pairs)
+
+    def grounding_pairs(self) -> list[dict]:
+        return self.data.pairs
+
+    def finetune_dataset(self, tokenizer):
+        return encode_corpus(tokenizer, self.data.train_texts, self.config.data.max_length)
+
+    def evaluate(self, model, tokenizer) -> dict:
+        new_ids = tokenizer.convert_tokens_to_ids(self.data.tokens)
+        return {"metrics": evaluate_arm(model, tokenizer, self.config, self.data, new_ids)}
 
 
 def format_table(arms: dict) -> str:
@@ -208,7 +193,7 @@ def format_table(arms: dict) -> str:
     columns += ["eff. rank", "mean cos"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, arm in arms.items():
-        m, g = arm.get("metrics", {}), arm["geometry"]["final"]
+        m, g = arm.get("metrics", {}), list(arm["geometry"].values())[-1]  # the rows as evaluated
         lines.append(
             f"| {name} | {arm['grounding_steps']} | {m.get('heldout_new_token_loss', float('nan')):.3f} | "
             f"{m.get('heldout_loss', float('nan')):.3f} | {m.get('text_to_token_accuracy', float('nan')):.3f} | "
@@ -222,29 +207,32 @@ def sentence_losses(per_text: list[dict]) -> dict[int, float]:
     return {i: t["new_loss"] / t["new_count"] for i, t in enumerate(per_text) if t["new_count"]}
 
 
+def arm_config(config: VocabularyConfig, folder: Path, grounding_steps: int) -> VocabularyConfig:
+    """One arm's config: its own output folder (checkpoints, adapter, metrics) and grounding steps."""
+    output = dataclasses.replace(config.output, output_dir=str(folder))
+    grounding = dataclasses.replace(config.grounding, max_steps=grounding_steps)
+    return dataclasses.replace(config, output=output, grounding=grounding)
+
+
 def run_vocabulary(config: VocabularyConfig) -> dict:
-    """Run the vocabulary recipe; return its results (also written to `output_dir/metrics.json`)."""
+    """Run the vocabulary recipe: each arm through `run_pipeline`, then the comparison (`output_dir/metrics.json`)."""
     data = load_vocabulary_data(config.data)  # every data error surfaces before a model loads
-    tokenizer, new_ids = prepare_tokenizer(config, data)
+    prepare_tokenizer(config, data)
     state = PartialState(cpu=not torch.cuda.is_available())
-    out = prepare_output_dir(config, state)
-    if state.is_main_process:  # the saved settings rerun as they are: `gti-peft train --config out/recipe.yaml`
-        settings = {"task": "vocabulary", **recipe_to_dict(config)}
-        (out / "recipe.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    out = prepare_output_dir(config, state, VocabularyTask.name)
     steps = config.grounding.max_steps if "ground" in config.output.stages else 0
     init = config.adapter.init
     arms_to_run = {f"{init} start + GTI" if steps else f"{init} start": steps}
     if steps and config.evaluation.compare_mean_start:
         arms_to_run[f"{init} start"] = 0
     start = time.perf_counter()
-    arms = {
-        name: run_arm(
-            config, tokenizer, data, new_ids, arm_steps, out / ("gti" if arm_steps else "no_grounding"), state
-        )
-        for name, arm_steps in arms_to_run.items()
-    }
+    arms = {}
+    for name, arm_steps in arms_to_run.items():
+        folder = out / ("gti" if arm_steps else "no_grounding")
+        arms[name] = run_pipeline(VocabularyTask(arm_config(config, folder, arm_steps), data))
+        arms[name]["grounding_steps"] = arm_steps
     results = {
-        "new_tokens": len(new_ids),
+        "new_tokens": len(data.tokens),
         "train_texts": len(data.train_texts),
         "heldout_texts": len(data.heldout_texts),
         "arms": arms,
