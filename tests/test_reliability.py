@@ -133,10 +133,12 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_run_files, tmp_path
     run(command)
     assert_same(adapter_tensors(reference, "grounded"), adapter_tensors(interrupted, "grounded"))
     assert_same(adapter_tensors(reference), adapter_tensors(interrupted))
-    # the resumed runs never redid grounding (its folder is the one the second run wrote) and left no new temp folders
+    # the resumed runs never redid grounding (its folder is the one the second run wrote), and the next save of the
+    # adapter removed what the killed writer left: no temporary folder remains
     now = (interrupted / "grounded" / "adapter_model.safetensors").stat()
     assert (now.st_ino, now.st_mtime_ns) == (grounded_file.st_ino, grounded_file.st_mtime_ns)
-    assert set(interrupted.glob(".*")) == left
+    assert all(path.name.startswith(".adapter.") for path in left)
+    assert not list(interrupted.glob(".*"))
 
 
 @pytest.mark.slow
@@ -154,3 +156,19 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_run_files, tmp_
     print(f"two processes vs one: max abs difference of adapter tensors {worst:.2e}")
     # only the main process wrote: one adapter folder, no leftovers
     assert sorted(p.name for p in double.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_save_removes_what_a_killed_writer_left_and_keeps_a_live_writers(tmp_path):
+    from gti_peft.sharing.saving import write_folder_atomically
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()
+    leftovers = [tmp_path / f".adapter.tmp-{dead_pid}-x1", tmp_path / f".adapter.old-{dead_pid}"]
+    kept = [tmp_path / f".adapter.tmp-{live_pid}-x2", tmp_path / f".other.tmp-{dead_pid}-x3"]
+    for folder in leftovers + kept:
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+    write_folder_atomically(tmp_path / "adapter", lambda tmp: (tmp / "adapter_config.json").write_text("{}"))
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)  # a running writer's, and another folder's
+    assert (tmp_path / "adapter" / "adapter_config.json").read_text() == "{}"

@@ -24,7 +24,8 @@ def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], o
                 f"{str(folder)!r} exists and is not an adapter folder: choose another folder or remove it."
             )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    remove_leftovers(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-{os.getpid()}-"))
     try:
         write(tmp)
         _plain_permissions(tmp)
@@ -38,6 +39,29 @@ def write_folder_atomically(folder: str | Path, write: Callable[[Path], None], o
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary folders a killed writer of `folder` left beside it (`.<name>.tmp-<pid>-*`,
+    `.<name>.old-<pid>`), where that process no longer runs; a live writer's are kept. Returns what was removed."""
+    removed = []
+    for path in folder.parent.glob(f".{folder.name}.*-*"):
+        kind, _, rest = path.name[len(folder.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _plain_permissions(folder: Path) -> None:
