@@ -8,14 +8,11 @@ collaborative signals.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-
-logger = logging.getLogger(__name__)
 
 EMBEDDINGS = ("text", "collaborative", "text+collaborative")
 COLD_NEIGHBOURS = 10
@@ -93,8 +90,7 @@ def item_embeddings(
             f"interactions (e.g. {[item_ids[i] for i in cold[:5]]}); their collaborative vector is the mean of their "
             f"{COLD_NEIGHBOURS} nearest items' by text."
         )
-        warnings.warn(message, stacklevel=2)
-        logger.warning(message)
+        warnings.warn(message, stacklevel=2)  # once in a run's output (a log line too would print it twice)
     collaborative = fill_cold_items(collaborative, text, cold)
     if embedding == "collaborative":
         return collaborative
