@@ -56,7 +56,7 @@ def test_accelerate_configs_open_with_their_command():
         ("finetune:\n  learning_rate: -1\n", r"finetune: FinetuneConfig refuses.*learning_rate > 0, got .*-1"),
         ("grounding:\n  prompt_style: plain\n", r"grounding.prompt_style is set by the recipe: use data.prompt_style"),
         ("finetune:\n  batch_size: 4\n", r"finetune.batch_size is now per_device_train_batch_size"),
-        ("finetune:\n  max_stepz: 4\n", r"Unknown key 'max_stepz' in bad.yaml.finetune.*did you mean \['max_steps'"),
+        ("finetune:\n  max_stepz: 4\n", r"Unknown key\(s\) \['max_stepz'\] in bad.yaml.finetune.*mean \['max_steps'"),
         ("finetune:\n  output_dir: x\n", r"finetune.output_dir is set by the recipe: use output.output_dir"),
         ("finetune:\n  lr_scheduler_type: bogus\n", r"finetune: FinetuneConfig refuses these settings: .*bogus"),
         (

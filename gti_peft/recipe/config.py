@@ -18,7 +18,14 @@ from ..training.grounding_config import GroundingConfig
 from ..training.precision import AUTO, check_bf16
 from ..training.templates import PROMPT_STYLES, check_prompt_style
 from .finetune_config import FinetuneConfig
-from .parsing import ADAPTER_BOOKKEEPING, build_adapter, build_section, build_stage, explicit_settings
+from .parsing import (
+    ADAPTER_BOOKKEEPING,
+    build_adapter,
+    build_section,
+    build_stage,
+    explicit_settings,
+    refuse_unknown,
+)
 
 STAGES = ("ground", "finetune", "evaluate")
 EXAMPLE_KINDS = ("windows", "sequences")
@@ -231,9 +238,7 @@ def build_config(cls, values: dict, where: str, builders: dict = SECTION_BUILDER
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping, got {values!r}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}.")
+    refuse_unknown(values, fields, where, "section")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

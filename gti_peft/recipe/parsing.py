@@ -17,14 +17,12 @@ from ..method.config import GTIConfig
 RECIPE_OWNED = {"output_dir": "output.output_dir", "seed": "output.seed", "resume_from_checkpoint": "rerunning"}
 DATA_OWNED = {"prompt_style": "data.prompt_style", "max_length": "data.max_length"}  # every stage's prompts
 RENAMED = {"batch_size": "per_device_train_batch_size"}
-MOVED = {
-    (
-        "grounding",
-        "grounding_mix",
-    ): "grounding.grounding_mix is a fine-tuning key: set finetune.grounding_mix instead.",
-    ("finetune", "templates"): "finetune.templates is not used: grounding.templates names the templates, for "
-    "grounding and for finetune.grounding_mix alike.",
-}
+MIX_IN_GROUNDING = "grounding.grounding_mix is a fine-tuning key: set finetune.grounding_mix instead."
+TEMPLATES_IN_FINETUNE = (
+    "finetune.templates is not used: grounding.templates names the templates, for grounding and for "
+    "finetune.grounding_mix alike."
+)
+MOVED = {("grounding", "grounding_mix"): MIX_IN_GROUNDING, ("finetune", "templates"): TEMPLATES_IN_FINETUNE}
 # the recipe checkpoints every stage (a rerun resumes where it stopped) and trains in bf16 where that is faster
 RECIPE_STAGE_DEFAULTS = {"save_strategy": "steps", "save_steps": 50, "save_total_limit": 2, "bf16": "auto"}
 # the recipe's LoRA settings where the YAML is silent (GTIConfig's own defaults are LoraConfig's)
@@ -35,26 +33,19 @@ ADAPTER_BOOKKEEPING = (*ADAPTER_SET_BY_RECIPE, "peft_type", "grounding", "base_v
 PLACEHOLDER_IDS, PLACEHOLDER_DESCRIPTIONS = [0], [[1]]
 
 
-def _fail_on_unknown(keys, allowed: set, where: str, what: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=3)
-            raise ValueError(
-                f"Unknown key {key!r} in {where}: not a {what} field" + (f"; did you mean {close}?" if close else ".")
-            )
+def refuse_unknown(keys, allowed, where: str, what: str) -> None:
+    """Every key a section may not hold, named, with the closest allowed names (the one unknown-key error)."""
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        close = [m for key in unknown for m in difflib.get_close_matches(key, sorted(allowed), n=3)]
+        hint = f"did you mean {close}?" if close else f"allowed: {sorted(allowed)}."
+        raise ValueError(f"Unknown key(s) {unknown} in {where}: not {what} fields; {hint}")
 
 
 def _coerce_floats(cls, values: dict, where: str) -> dict:
     """YAML reads `1e-3` as a string: float fields get floats (anything else is left to the config's checks)."""
     hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for key, value in values.items():
-        if hints.get(key) is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{key} must be a number, got {value!r}.") from None
-    return out
+    return {k: check_type(v, float, f"{where}.{k}") if hints.get(k) is float else v for k, v in values.items()}
 
 
 def build_stage(cls, values, where: str, owned: dict | None = None):
@@ -72,7 +63,7 @@ def build_stage(cls, values, where: str, owned: dict | None = None):
         if (stage, key) in MOVED:
             raise ValueError(MOVED[stage, key])
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    _fail_on_unknown(values, fields, where, f"{cls.__name__} (transformers.TrainingArguments + {stage}'s own)")
+    refuse_unknown(values, fields, where, f"{cls.__name__} (transformers.TrainingArguments + {stage}'s own)")
     settings = {**RECIPE_STAGE_DEFAULTS, **_coerce_floats(cls, values, where)}
     try:
         (args,) = HfArgumentParser(cls).parse_dict(settings)
@@ -91,11 +82,7 @@ def build_adapter(values, where: str) -> GTIConfig:
     if owned:
         raise ValueError(f"{where}.{owned[0]} is set by the recipe from the semantic IDs: leave it out.")
     fields = {f.name for f in dataclasses.fields(GTIConfig) if f.init} - set(ADAPTER_BOOKKEEPING)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        close = [m for k in unknown for m in difflib.get_close_matches(k, sorted(fields), n=2)]
-        hint = f"; did you mean {close}?" if close else f"; GTIConfig's fields: {sorted(fields)}."
-        raise ValueError(f"Unknown key(s) {unknown} in {where}: not GTIConfig fields{hint}")
+    refuse_unknown(values, fields, where, "GTIConfig")
     hints = typing.get_type_hints(GTIConfig)
     checked = {k: check_type(v, hints[k], f"{where}.{k}") if _simple(hints[k]) else v for k, v in values.items()}
     settings = {**ADAPTER_DEFAULTS, **_coerce_floats(GTIConfig, checked, where), "new_token_ids": PLACEHOLDER_IDS}
@@ -170,9 +157,6 @@ def build_section(cls, values: dict, where: str):
     """A recipe-owned section (model, data, semantic IDs, evaluation, output) as `cls`, every value type-checked."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping, got {values!r}.")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(names)}.")
+    refuse_unknown(values, {f.name for f in dataclasses.fields(cls)}, where, f"{cls.__name__}")
     hints = typing.get_type_hints(cls)
     return cls(**{name: check_type(value, hints[name], f"{where}.{name}") for name, value in values.items()})
