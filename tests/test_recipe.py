@@ -323,3 +323,38 @@ def test_a_history_that_cannot_fit_max_length_is_refused_before_training(tiny_ru
     windows = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "long2"), ["data.max_length=20"])
     with pytest.raises(ValueError, match=r"data.max_history=3 \(windows: 3 items.*needs \d+ tokens"):
         run_recipe(windows)
+
+
+def test_a_folder_holding_another_runs_settings_is_refused_and_its_own_resumes(tmp_path):
+    import yaml
+    from accelerate import PartialState
+
+    from gti_peft.recipe.outputs import prepare_output_dir
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"output:\n  output_dir: {tmp_path / 'run'}\nfinetune:\n  bf16: true\n")
+    prepare_output_dir(load_recipe_config(path), PartialState())
+    prepare_output_dir(load_recipe_config(path, ["evaluation.top_k=5"]), PartialState())  # output/evaluation differ
+    with pytest.raises(FileExistsError, match=r"holds a run with different \['finetune'\] settings"):
+        prepare_output_dir(load_recipe_config(path, ["finetune.learning_rate=1e-2"]), PartialState())
+    saved = tmp_path / "run" / "recipe.yaml"  # a run saved before the stages resolved bf16 recorded 'auto'
+    settings = yaml.safe_load(saved.read_text())
+    saved.write_text(yaml.safe_dump(settings | {"finetune": settings["finetune"] | {"bf16": "auto"}}))
+    prepare_output_dir(load_recipe_config(path), PartialState())
+    assert yaml.safe_load(saved.read_text())["task"] == "recommendation"
+
+
+def test_a_recipe_yaml_of_the_previous_release_resumes_with_the_same_settings_only():
+    import yaml
+
+    from gti_peft.recipe.outputs import changed_sections
+
+    # written by the release before the stage sections became GroundingConfig / FinetuneConfig (full sections,
+    # `bf16: auto`, adapter.description_items_per_token): make demo's YAML with these overrides
+    previous = yaml.safe_load((ROOT / "tests" / "data" / "recipe-0.1-movielens.yaml").read_text())
+    same = ["finetune.max_steps=3", "finetune.logging_steps=1", "finetune.bf16=false", "output.stages=[finetune]"]
+    config = load_recipe_config(ROOT / "recipes" / "smollm2-135m" / "movielens.yaml", same)
+    assert changed_sections(previous, config, "recommendation") == []
+    changed = load_recipe_config(ROOT / "recipes" / "smollm2-135m" / "movielens.yaml", [*same, "adapter.r=4"])
+    assert changed_sections(previous, changed, "recommendation") == ["adapter"]
+    assert changed_sections(previous, config, "vocabulary") == ["task"]

@@ -158,6 +158,11 @@ class RecipeConfig:
         self.validate()
         settle_stages(self, prompt_style=self.data.prompt_style, max_length=self.data.max_length)
 
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> RecipeConfig:
+        """The config of parsed YAML sections (`where` names the source in errors)."""
+        return build_config(cls, values, where)
+
     def validate(self) -> None:
         """The recipe's own sections and how they combine; `adapter`, `grounding` and `finetune` checked themselves."""
         if self.model.dtype not in ("float32", "bfloat16", "float16"):

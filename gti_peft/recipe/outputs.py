@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,15 +21,13 @@ def prepare_output_dir(config, state: PartialState, task: str = "recommendation"
     out = Path(config.output.output_dir)
     saved = out / "recipe.yaml"
     current = {"task": task, **recipe_to_dict(config)}
-    comparable = {k: v for k, v in current.items() if k not in ("output", "evaluation")}
     if out.exists() and any(out.iterdir()) and not config.output.overwrite:
         if not saved.exists():
             raise FileExistsError(
                 f"output.output_dir={str(out)!r} holds files that are not a GTI recipe run: pick an empty or new "
                 "folder, or set output.overwrite: true."
             )
-        previous = yaml.safe_load(saved.read_text())
-        changed = sorted(k for k in comparable if _differs(previous.get(k), comparable[k]))
+        changed = changed_sections(yaml.safe_load(saved.read_text()) or {}, config, task)
         if changed:
             raise FileExistsError(
                 f"output.output_dir={str(out)!r} holds a run with different {changed} settings: resuming would mix "
@@ -41,10 +40,36 @@ def prepare_output_dir(config, state: PartialState, task: str = "recommendation"
     return out
 
 
-def _differs(previous, current) -> bool:
-    """Whether a saved section differs from the current one; keys the saved run predates do not count."""
+def changed_sections(previous: dict, config, task: str) -> list[str]:
+    """The sections (output and evaluation aside) whose settings differ from the run saved as `previous`: both read
+    by the same parser, so a key left at its default counts as that default (and a saved `bf16: auto` as what this
+    device resolves). A recipe.yaml an older release wrote is compared key by key where it no longer parses."""
+    if previous.get("task", "recommendation") != task:
+        return ["task"]
+    current = recipe_to_dict(config)
+    sections = [k for k in current if k not in ("output", "evaluation")]
+    values = {k: v for k, v in previous.items() if k != "task"}
+    try:
+        saved = recipe_to_dict(type(config).from_dict(values, "recipe.yaml"))
+    except (ValueError, TypeError):
+        return sorted(k for k in sections if _legacy_differs(previous.get(k), _full_section(config, k)))
+    return sorted(k for k in sections if saved.get(k) != current[k])
+
+
+def _full_section(config, name: str):
+    section = getattr(config, name)
+    return section.to_dict() if hasattr(section, "to_dict") else dataclasses.asdict(section)
+
+
+def _legacy_differs(previous, current) -> bool:
+    """An older recipe.yaml's section against the current values: keys it has that still exist; its `bf16: auto`
+    matches what the stages now resolve."""
     if isinstance(previous, dict) and isinstance(current, dict):
-        return any(previous[key] != value for key, value in current.items() if key in previous)
+        return any(
+            previous[key] != current[key] and not (key == "bf16" and previous[key] == "auto")
+            for key in previous
+            if key in current
+        )
     return previous != current
 
 

@@ -88,6 +88,11 @@ class VocabularyConfig:
             )
         settle_stages(self, max_length=data.max_length)
 
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> VocabularyConfig:
+        """The config of parsed YAML sections (`where` names the source in errors)."""
+        return build_vocabulary_config(values, where)
+
 
 def build_vocabulary_config(values: dict, where: str) -> VocabularyConfig:
     """A `VocabularyConfig` from parsed YAML (unknown keys and wrong types name the key)."""
