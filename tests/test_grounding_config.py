@@ -58,14 +58,20 @@ def test_bad_settings_name_the_field_the_value_and_the_choices(bad, names):
     assert all(name in str(error.value) for name in names)
 
 
-def test_bf16_auto_is_settled_where_the_config_is_built(monkeypatch):
+def test_bf16_auto_stays_a_setting_until_a_trainer_resolves_it(monkeypatch, tokenizer_and_pairs, tmp_path):  # noqa: F811
     from gti_peft.training import precision
+    from gti_peft.training.trainer import AnswerOnlyTrainer
 
+    args = GroundingConfig(bf16="auto", output_dir=str(tmp_path))
+    assert args.bf16 == "auto"  # saved as written: another device resolves it for itself
+    assert HfArgumentParser(GroundingConfig).parse_dict({"bf16": "auto"})[0].bf16 == "auto"
+    tokenizer, tokens, _ = tokenizer_and_pairs
+    model = tiny_gti(tokenizer, tokens)
     for faster in (True, False):
         monkeypatch.setattr(precision, "bf16_is_faster", lambda faster=faster: faster)
-        args = GroundingConfig(bf16="auto")
-        assert args.bf16 is faster  # Trainer gets a bool, never the string
-    assert HfArgumentParser(GroundingConfig).parse_dict({"bf16": "auto"})[0].bf16 in (True, False)
+        trainer = AnswerOnlyTrainer(model=model, args=args)
+        assert trainer.args.bf16 is faster  # Trainer gets a bool, never the string
+    assert args.bf16 == "auto"  # the caller's config is left as it was
 
 
 def test_a_config_and_the_same_keywords_ground_identically(tokenizer_and_pairs):  # noqa: F811

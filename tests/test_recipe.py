@@ -235,7 +235,8 @@ def test_the_saved_recipe_reads_back_to_the_same_settings(tmp_path):
     path.write_text(
         "adapter:\n  init: random\n  r: 4\n  target_modules: [q_proj, v_proj]\n"
         "grounding:\n  max_steps: 7\n  templates: [title_to_tokens]\n  lr_scheduler_type: cosine\n"
-        "finetune:\n  grounding_mix: 0.25\n  adam_beta2: 0.99\n  learning_rate: 1e-3\n"
+        "finetune:\n  grounding_mix: 0.25\n  adam_beta2: 0.99\n  learning_rate: 1e-3\n  bf16: false\n"
+        "  save_strategy: steps\n"  # bf16: false is TrainingArguments' default but not the recipe's
     )
     config = load_recipe_config(path)
     saved = tmp_path / "saved.yaml"
@@ -247,6 +248,7 @@ def test_the_saved_recipe_reads_back_to_the_same_settings(tmp_path):
         and again.grounding.to_dict() == config.grounding.to_dict()
     )
     assert again.adapter.target_modules == {"q_proj", "v_proj"} and again.adapter.r == 4
+    assert again.finetune.bf16 is False and again.grounding.bf16 == "auto"
     assert (again.finetune.grounding_mix, again.finetune.adam_beta2, again.grounding.templates) == (
         0.25,
         0.99,
@@ -332,7 +334,7 @@ def test_a_folder_holding_another_runs_settings_is_refused_and_its_own_resumes(t
     from gti_peft.recipe.outputs import prepare_output_dir
 
     path = tmp_path / "r.yaml"
-    path.write_text(f"output:\n  output_dir: {tmp_path / 'run'}\nfinetune:\n  bf16: true\n")
+    path.write_text(f"output:\n  output_dir: {tmp_path / 'run'}\nfinetune:\n  bf16: auto\n  adam_beta2: 0.99\n")
     prepare_output_dir(load_recipe_config(path), PartialState())
     prepare_output_dir(load_recipe_config(path, ["evaluation.top_k=5"]), PartialState())  # output/evaluation differ
     with pytest.raises(FileExistsError, match=r"holds a run with different \['finetune'\] settings"):

@@ -41,7 +41,10 @@ class FinetuneConfig(TrainingArguments):
     )
     bf16: bool | str = field(
         default=False,
-        metadata={"help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster)."},
+        metadata={
+            "help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster; gti-peft's "
+            "trainers resolve it)."
+        },
     )
 
     def __post_init__(self):
@@ -50,5 +53,6 @@ class FinetuneConfig(TrainingArguments):
                 f"grounding_mix must lie in [0, 1] (the fraction of fine-tuning examples drawn from the grounding "
                 f"templates), got {self.grounding_mix!r}."
             )
-        settle_training_arguments(self, "FinetuneConfig")
+        bf16 = settle_training_arguments(self, "FinetuneConfig")
         super().__post_init__()
+        self.bf16 = bf16  # "auto" stays a setting until the trainer resolves it

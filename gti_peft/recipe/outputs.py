@@ -42,8 +42,8 @@ def prepare_output_dir(config, state: PartialState, task: str = "recommendation"
 
 def changed_sections(previous: dict, config, task: str) -> list[str]:
     """The sections (output and evaluation aside) whose settings differ from the run saved as `previous`: both read
-    by the same parser, so a key left at its default counts as that default (and a saved `bf16: auto` as what this
-    device resolves). A recipe.yaml an older release wrote is compared key by key where it no longer parses."""
+    by the same parser, so a key left at its default counts as that default. A recipe.yaml an older release wrote
+    is compared key by key where it no longer parses."""
     if previous.get("task", "recommendation") != task:
         return ["task"]
     current = recipe_to_dict(config)
@@ -62,14 +62,9 @@ def _full_section(config, name: str):
 
 
 def _legacy_differs(previous, current) -> bool:
-    """An older recipe.yaml's section against the current values: keys it has that still exist; its `bf16: auto`
-    matches what the stages now resolve."""
+    """An older recipe.yaml's section against the current values: the keys it has that still exist."""
     if isinstance(previous, dict) and isinstance(current, dict):
-        return any(
-            previous[key] != current[key] and not (key == "bf16" and previous[key] == "auto")
-            for key in previous
-            if key in current
-        )
+        return any(previous[key] != current[key] for key in previous if key in current)
     return previous != current
 
 

@@ -43,9 +43,13 @@ def refuse_unknown(keys, allowed, where: str, what: str) -> None:
 
 
 def _coerce_floats(cls, values: dict, where: str) -> dict:
-    """YAML reads `1e-3` as a string: float fields get floats (anything else is left to the config's checks)."""
+    """YAML reads `1e-3` as a string: float fields given a string get a float (ints stay ints: transformers 4.57
+    wants an int `warmup_steps`, which TrainingArguments types as float; anything else is left to its checks)."""
     hints = typing.get_type_hints(cls)
-    return {k: check_type(v, float, f"{where}.{k}") if hints.get(k) is float else v for k, v in values.items()}
+    return {
+        k: check_type(v, float, f"{where}.{k}") if hints.get(k) is float and isinstance(v, str) else v
+        for k, v in values.items()
+    }
 
 
 def build_stage(cls, values, where: str, owned: dict | None = None):
@@ -106,17 +110,16 @@ def _simple(hint) -> bool:
 
 
 def explicit_settings(config, exclude: tuple = ()) -> dict:
-    """The fields of a `TrainingArguments` or `GTIConfig` that differ from a fresh one's (YAML-ready): what a
-    recipe section must say to rebuild it. Fields the recipe sets (`exclude`) are left out."""
+    """The fields of a recipe's `GTIConfig` or stage config that differ from what an empty section parses to
+    (YAML-ready): what the section must say to rebuild it. Fields the recipe sets (`exclude`) are left out."""
     if isinstance(config, GTIConfig):
-        fresh = GTIConfig(new_token_ids=PLACEHOLDER_IDS)
-        values, defaults = config.to_dict(), fresh.to_dict()
+        fresh = build_adapter({}, "adapter")
     else:
-        fresh = type(config)(**{k: getattr(config, k) for k in ("output_dir", "use_cpu")})
-        values, defaults = config.to_dict(), fresh.to_dict()
+        fresh = dataclasses.replace(build_stage(type(config), {}, "stage"), output_dir=config.output_dir)
+    defaults = fresh.to_dict()
     return {
         key: sorted(value) if isinstance(value, (set, frozenset)) else value
-        for key, value in values.items()
+        for key, value in config.to_dict().items()
         if key not in exclude and value != defaults.get(key)
     }
 

@@ -49,7 +49,7 @@ def finetune_stage(task: Task, model, tokenizer) -> dict:
     return {
         "steps": result.global_step,
         "seconds": time.perf_counter() - start,
-        "bf16": args.bf16,
+        "bf16": trainer.args.bf16,  # as resolved on this device
         "examples": len(dataset),
         "grounding_mix": args.grounding_mix,
         "mean_tokens_per_example": tokens,

@@ -70,7 +70,10 @@ class GroundingConfig(TrainingArguments):
     )
     bf16: bool | str = field(
         default=False,
-        metadata={"help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster)."},
+        metadata={
+            "help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster; gti-peft's "
+            "trainers resolve it)."
+        },
     )
 
     def __post_init__(self):
@@ -84,9 +87,10 @@ class GroundingConfig(TrainingArguments):
         for name in ("max_length", "eval_examples_per_template"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GroundingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
-        settle_training_arguments(self, "GroundingConfig")
+        bf16 = settle_training_arguments(self, "GroundingConfig")
         temporary = self.output_dir is None
         super().__post_init__()  # TrainingArguments' own checks: bad options fail here, before any work
+        self.bf16 = bf16  # "auto" stays a setting until a trainer resolves it
         if temporary:
             self.output_dir = None  # ground() trains in a temporary folder it removes afterwards
 

@@ -10,6 +10,7 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
 from ..compat import prepared_by_accelerate, release_from_accelerate
+from .arguments import with_bf16_resolved
 from .fsdp import copy_trained_parameters
 from .templates import IGNORE_INDEX
 
@@ -72,6 +73,10 @@ class AnswerOnlyTrainer(Trainer):
     """
 
     def __init__(self, *args, **kwargs):
+        if "args" in kwargs:  # GroundingConfig / FinetuneConfig may say bf16="auto": settled on this device here
+            kwargs["args"] = with_bf16_resolved(kwargs["args"])
+        elif len(args) > 1:
+            args = (args[0], with_bf16_resolved(args[1]), *args[2:])
         super().__init__(*args, **kwargs)
         # our compute_loss divides by the number of answer tokens in the (accumulated, global) batch itself
         self.model_accepts_loss_kwargs = True
