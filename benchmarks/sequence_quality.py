@@ -23,7 +23,7 @@ from pathlib import Path
 
 from environment import run_environment
 from hit_ranks import hit_ranks, hits_from_ranks, pack, unpack
-from paired import bootstrap_difference, format_difference
+from paired import average_hits, bootstrap_difference, format_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
@@ -66,7 +66,17 @@ ARMS = {
     "seq_textcollab_40": ("text+collaborative", sequences(40)),
     "windows_text_40": ("text", WINDOWS),
     "seq_collab_40": ("collaborative", sequences(40)),
+    # the budget curve (one epoch of the 5,565 chunks is 696 steps of 8), a second seed, the mean start (no grounding)
+    "seq_textcollab_140": ("text+collaborative", sequences(140)),
+    "seq_textcollab_700": ("text+collaborative", sequences(700)),
+    "seq_textcollab_700_seed1": ("text+collaborative", [*sequences(700), "output.seed=1"]),
+    "mean_textcollab_140": ("text+collaborative", [*sequences(140), "grounding.max_steps=0"]),
 }
+
+
+# pooled over seeds: arm -> its seeds' arms; and GTI against the mean start at equal steps: GTI arm -> mean arm
+POOLED = {"seq_textcollab_700 (seeds 0+1)": ["seq_textcollab_700", "seq_textcollab_700_seed1"]}
+VERSUS_MEAN = {"seq_textcollab_140": "mean_textcollab_140"}
 
 
 def overrides(arm: str) -> list[str]:
@@ -86,16 +96,24 @@ def share_grounding(arm: str) -> list[str]:
         return ["output.overwrite=true"]
     if (out / "adapter").exists():
         return []
-    embedding = ARMS[arm][0]
+    if _grounding_key(arm)[1] == "grounding.max_steps=0":  # the mean start: nothing to share
+        return []
     for other in ARMS:
         source = OUT / other
-        if other != arm and ARMS[other][0] == embedding and (source / "grounded").exists():
+        if other != arm and _grounding_key(other) == _grounding_key(arm) and (source / "grounded").exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source / "grounded", out / "grounded")
             shutil.copy(source / "semantic_ids.safetensors", out / "semantic_ids.safetensors")
             (out / "shared_grounding.json").write_text(json.dumps({"from": other}))
             return ["output.overwrite=true"]
     return []
+
+
+def _grounding_key(arm: str) -> tuple:
+    """Arms with equal keys ground alike: the same IDs, seed and grounding steps (the last override of each wins)."""
+    embedding, extra = ARMS[arm]
+    last = {o.split("=")[0]: o for o in [*COMMON, *extra]}
+    return embedding, last["grounding.max_steps"], last["output.seed"]
 
 
 def train(arms: list[str]) -> None:
@@ -156,10 +174,22 @@ def report() -> dict:
         classical = json.loads(baselines.read_text())
         ranks = classical.get("hit_ranks_gz", {}).get("SASRec (history excluded)")
         sasrec = hits_from_ranks(unpack(ranks)) if ranks else None
-    for entry in arms.values():
+    hits = {arm: hits_from_ranks(unpack(entry["hit_ranks_gz"])) for arm, entry in arms.items()}
+    for arm, entry in arms.items():
         if sasrec is not None:
-            hits = hits_from_ranks(unpack(entry["hit_ranks_gz"]))
-            entry["vs_sasrec"] = bootstrap_difference(sasrec, hits)
+            entry["vs_sasrec"] = bootstrap_difference(sasrec, hits[arm])
+        if VERSUS_MEAN.get(arm) in hits:
+            entry["vs_mean_start"] = bootstrap_difference(hits[VERSUS_MEAN[arm]], hits[arm])
+    pooled = result.setdefault("pooled", {})
+    for name, members in POOLED.items():
+        if sasrec is not None and all(m in hits for m in members):
+            mean = average_hits([hits[m] for m in members])
+            pooled[name] = {
+                "arms": members,
+                "recall@10": sum(h[0] for h in mean.values()) / len(mean),
+                "ndcg@10": sum(h[1] for h in mean.values()) / len(mean),
+                "vs_sasrec": bootstrap_difference(sasrec, mean),
+            }
     result |= run_environment()
     RESULTS.write_text(json.dumps(result, indent=2))
     nan = float("nan")
@@ -177,6 +207,13 @@ def report() -> dict:
             f"{model['recall@10'] / popular['recall@10']:.2f} | {cells[0]} | {cells[1]} | "
             f"{entry['train_time'].get('cpu_s', nan):.0f} | {entry['evaluate'].get('cpu_s', nan):.0f} |"
         )
+    for name, entry in pooled.items():
+        cells = [format_difference(entry["vs_sasrec"][m]) for m in ("recall@10", "ndcg@10")]
+        print(f"| {name} | {entry['recall@10']:.4f} | {entry['ndcg@10']:.4f} | | {cells[0]} | {cells[1]} | | |")
+    for arm, mean_arm in VERSUS_MEAN.items():
+        if "vs_mean_start" in arms.get(arm, {}):
+            cells = [format_difference(arms[arm]["vs_mean_start"][m]) for m in ("recall@10", "ndcg@10")]
+            print(f"\n{arm} minus {mean_arm} (equal steps, seed 0): recall@10 {cells[0]}, NDCG@10 {cells[1]}")
     return result
 
 
