@@ -11,16 +11,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import SaveStrategy, SchedulerType
+from transformers.trainer_utils import SaveStrategy
 
-from .arguments import settle_training_arguments
+from .arguments import GTITrainingArguments
 from .templates import DEFAULT_TEMPLATES, PROMPT_STYLES, check_prompt_style
 
 TEMPLATE_NAMES = tuple(t.name for t in DEFAULT_TEMPLATES)
 
 
 @dataclass
-class GroundingConfig(TrainingArguments):
+class GroundingConfig(GTITrainingArguments):
     """Settings of `gti_peft.ground`: the grounding fields below plus every `transformers.TrainingArguments` field.
 
     Only the new rows train while grounding; LoRA and the base stay frozen.
@@ -50,31 +50,12 @@ class GroundingConfig(TrainingArguments):
         metadata={"help": "Checkpoints and logs. None: a temporary folder, removed after training."},
     )
     max_steps: int = field(default=300, metadata={"help": "Grounding steps."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Examples per device per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the new rows."})
     weight_decay: float = field(default=0.0, metadata={"help": "No weight decay pulls the new rows to zero."})
-    lr_scheduler_type: SchedulerType | str = field(
-        default="constant_with_warmup", metadata={"help": "Learning rate schedule."}
-    )
-    warmup_steps: float = field(default=10, metadata={"help": "Warm-up steps."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
     save_strategy: SaveStrategy | str = field(
         default="no", metadata={"help": "'steps' with `save_steps` to checkpoint."}
     )
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers to report to."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the `template` column."})
     seed: int = field(default=0, metadata={"help": "Seed of the data order."})
-    use_cpu: bool | None = field(
-        default=None,
-        metadata={"help": "Train on the CPU. None: where no CUDA device is present (so CPU ranks form a group)."},
-    )
-    bf16: bool | str = field(
-        default=False,
-        metadata={
-            "help": "bf16 mixed precision: true, false or 'auto' (bf16 where this device runs it faster; gti-peft's "
-            "trainers resolve it)."
-        },
-    )
 
     def __post_init__(self):
         unknown = [name for name in self.templates or [] if name not in TEMPLATE_NAMES]
@@ -87,10 +68,8 @@ class GroundingConfig(TrainingArguments):
         for name in ("max_length", "eval_examples_per_template"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GroundingConfig.{name} must be at least 1, got {getattr(self, name)!r}.")
-        bf16 = settle_training_arguments(self, "GroundingConfig")
         temporary = self.output_dir is None
-        super().__post_init__()  # TrainingArguments' own checks: bad options fail here, before any work
-        self.bf16 = bf16  # "auto" stays a setting until a trainer resolves it
+        super().__post_init__()
         if temporary:
             self.output_dir = None  # ground() trains in a temporary folder it removes afterwards
 
@@ -103,7 +82,7 @@ class GroundingConfig(TrainingArguments):
         """What a report records: grounding's own fields and every field that differs from `TrainingArguments`'
         default (JSON-ready; the output folder left out)."""
         base = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
-        own = set(GroundingConfig.__annotations__)
+        own = set(GroundingConfig.__annotations__) | set(GTITrainingArguments.__annotations__)
         values = self.to_dict()
         return {
             name: values[name]
