@@ -28,7 +28,7 @@ class TrainingStage:
     section: str  # its config section, and its key in the results
     folder: str  # the folder it saves under `output_dir`
     label: str  # the geometry diagnostics' label after it
-    train: Callable[[Task, object, object], dict]
+    train: Callable[..., dict]  # (task, model, tokenizer, reference) -> what it measured
 
 
 TRAINING_STAGES = (
@@ -75,7 +75,7 @@ def run_pipeline(task: Task) -> dict:
         if not _runs(stage, config, out, resume_from):
             continue
         start = time.perf_counter()
-        results[stage.section] = stage.train(task, model, tokenizer)
+        results[stage.section] = stage.train(task, model, tokenizer, reference)
         timings[stage.name] = time.perf_counter() - start
         results["geometry"][stage.label] = diagnostics.summarize_model(model, reference)
         if state.is_main_process:

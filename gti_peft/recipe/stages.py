@@ -18,22 +18,24 @@ def last_checkpoint(args) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def ground_stage(task: Task, model, tokenizer) -> dict:
-    """Ground the new rows on the task's pairs with `config.grounding`; resumes from its last checkpoint."""
+def ground_stage(task: Task, model, tokenizer, reference=None) -> dict:
+    """Ground the new rows on the task's pairs with `config.grounding`; resumes from its last checkpoint.
+    `reference`: the task's RSA reference, computed once by the pipeline."""
     args = task.config.grounding
     report = ground(
         model,
         tokenizer,
         task.grounding_pairs(),
         args,
-        reference=task.reference(model, tokenizer),
+        reference=reference,
         resume_from_checkpoint=last_checkpoint(args),
     )
     return {k: v for k, v in report.to_dict().items() if k != "diagnostics_before"}
 
 
-def finetune_stage(task: Task, model, tokenizer) -> dict:
-    """Fine-tune LoRA and the new rows on the task's rows with `config.finetune`; resumes from its last checkpoint."""
+def finetune_stage(task: Task, model, tokenizer, reference=None) -> dict:
+    """Fine-tune LoRA and the new rows on the task's rows with `config.finetune`; resumes from its last checkpoint.
+    (`reference` is not used: the pipeline reports the geometry after each stage.)"""
     args = task.config.finetune
     dataset = task.finetune_dataset(tokenizer)
     trainer = AnswerOnlyTrainer(

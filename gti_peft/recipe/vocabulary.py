@@ -157,14 +157,14 @@ class VocabularyTask(Task):
     def prepare(self, out: Path, state: PartialState) -> None:
         if self.data is None:
             self.data = load_vocabulary_data(self.config.data)
-        prepare_tokenizer(self.config, self.data)  # refuses tokens the base already has
+        self.tokenizer = prepare_tokenizer(self.config, self.data)  # refuses tokens the base already has
 
     def new_tokens(self) -> list[str]:
         return list(self.data.tokens)
 
     def build_model(self, resume_from: Path | None):
         config = self.config
-        tokenizer = prepare_tokenizer(config, self.data, resume_from)
+        tokenizer = self.tokenizer if resume_from is None else prepare_tokenizer(config, self.data, resume_from)
         _, base = load_base(config)
         if resume_from is not None:
             return tokenizer, PeftModel.from_pretrained(base, resume_from, is_trainable=True)
