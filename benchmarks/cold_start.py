@@ -206,10 +206,12 @@ def main() -> None:
     save(args, report)
     new_table = items.filter(lambda r: r["item"] in new)
     old_table = items.filter(lambda r: r["item"] not in new)
+    # the old items' table: grounding replays their pairs, and IDs that know what users watch together code a new
+    # item from its nearest old items' collaborative vectors (the recipe's text+collaborative IDs)
     arms = {
         "extended + grounding (replay)": ("grounded", {"ground_steps": args.extend_steps, "replay": old_table}),
-        "extended, no grounding": ("plain", {}),
-        "extended, no grounding, mean rows": ("mean_rows", {"new_row_init": "mean"}),
+        "extended, no grounding": ("plain", {"replay": old_table}),
+        "extended, no grounding, mean rows": ("mean_rows", {"new_row_init": "mean", "replay": old_table}),
     }
     results["trained adapter (before extension)"] = measure(
         adapter, config, items, new_ids, old_sample, examples, full.train

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from gti_peft.cli.extend_catalog import main as extend_main
 from gti_peft.recipe.evaluation import item_trie
 from gti_peft.recsys import SemanticIDs, item_texts, load_items
 from gti_peft.recsys.catalog import extend_catalog
+from gti_peft.recsys.semantic_ids import embed_texts
 from gti_peft.sharing.hub import save_for_hub, write_adapter_card
 
 N_OLD = 20
@@ -32,16 +34,21 @@ def trained(tiny_run_files, tmp_path_factory):
     items = load_items(tiny_run_files / "items.csv")
     ids, texts = item_texts(items)
     sids = SemanticIDs.build(ids[:N_OLD], texts[:N_OLD], MINILM, levels=2, codes_per_level=4)
+    folder = _save_adapter(sids, tiny_run_files / "model", root)
+    return {"folder": folder, "items": items, "sids": sids, "base": tiny_run_files / "model"}
+
+
+def _save_adapter(sids: SemanticIDs, base_folder: Path, root: Path) -> Path:
+    """A GTI adapter over `sids`' tokens on the tiny Llama, saved with its semantic IDs."""
     sids.save(root / "semantic_ids.safetensors")
     tokenizer = smollm2_tokenizer()
     new_ids = add_new_tokens(tokenizer, sids.vocabulary())
-    base = LlamaForCausalLM.from_pretrained(tiny_run_files / "model")
+    base = LlamaForCausalLM.from_pretrained(base_folder)
     config = GTIConfig(new_token_ids=new_ids, r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     with torch.no_grad():  # trained-looking rows: distinct per token
         model.get_input_embeddings().gti_rows["default"].normal_(generator=torch.Generator().manual_seed(1))
-    folder = save_for_hub(model, tokenizer, root / "adapter", extra_files=[root / "semantic_ids.safetensors"])
-    return {"folder": folder, "items": items, "sids": sids, "base": tiny_run_files / "model"}
+    return save_for_hub(model, tokenizer, root / "adapter", extra_files=[root / "semantic_ids.safetensors"])
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -311,3 +318,66 @@ def test_bad_grounding_settings_are_refused_before_anything_is_written(trained, 
     with pytest.raises(ValueError, match=match):
         extend_catalog(trained["folder"], _new_items(trained), tmp_path / "out", **{setting: value})
     assert not (tmp_path / "out").exists()
+
+
+def _two_audiences(n_old: int) -> tuple[Dataset, dict[str, list[str]]]:
+    """Horror and animation films alternating (`n_old` + 2 items), and training interactions of 10 fans of each
+    kind over the first `n_old`: the collaborative vectors split the catalog by audience."""
+    kinds = {
+        "horror": "A horror film: a haunted house, ghosts and fear",
+        "animation": "A cartoon with talking animals",
+    }
+    rows = [
+        (f"{kind}{k}", f"Film number {k}", f"{kinds[kind]}, part {k // 2}.")
+        for k in range(n_old + 2)
+        for kind in [list(kinds)[k % 2]]
+    ]
+    items = Dataset.from_dict({key: list(column) for key, column in zip(("item", "title", "description"), zip(*rows))})
+    rng = random.Random(0)
+    old = items["item"][:n_old]
+    fans = {
+        f"{kind}-fan{u}": rng.sample([i for i in old if i.startswith(kind)], 6) for kind in kinds for u in range(10)
+    }
+    return items, fans
+
+
+def test_ids_of_collaborative_vectors_grow_from_their_text_neighbours(tiny_run_files, tmp_path):
+    """A new item has no interactions: it gets the collaborative vector of its nearest catalog items by text (as
+    cold items do when the IDs are built), so a new horror film is coded among the horror films' audience."""
+    from gti_peft.recsys.collaborative import collaborative_part, combine
+
+    n_old = 24
+    items, fans = _two_audiences(n_old)
+    ids, texts = item_texts(items)
+    text = embed_texts(texts[:n_old], MINILM, show_progress=False)
+    embedding = "text+collaborative"
+    collaborative = collaborative_part(embedding, text, ids[:n_old], fans, dim=4)
+    vectors = combine(embedding, text, collaborative)
+    sids = SemanticIDs.from_embeddings(
+        ids[:n_old], vectors, 2, 4, 0, encoder=MINILM, embedding=embedding, collaborative=collaborative
+    )
+    folder = _save_adapter(sids, tiny_run_files / "model", tmp_path)
+    new, old = items.select(range(n_old, n_old + 2)), items.select(range(n_old))
+    before = _digest(folder)
+    with pytest.raises(ValueError, match=r"encode 'text\+collaborative' vectors.*Pass `replay=` the old items"):
+        extend_catalog(folder, new, tmp_path / "no-replay")
+    assert _digest(folder) == before and not (tmp_path / "no-replay").exists()
+
+    extend_catalog(folder, new, tmp_path / "grown", replay=old)
+    grown = SemanticIDs.load(tmp_path / "grown")
+    assert grown.embedding == embedding and grown.collaborative.shape == (n_old + 2, collaborative.shape[1])
+    assert torch.equal(grown.collaborative[:n_old], collaborative)  # the old items' vectors are kept as they were
+    for row, kind in ((n_old, "horror"), (n_old + 1, "animation")):
+        similarity = grown.collaborative[row] @ collaborative.T
+        same = torch.tensor([item.startswith(kind) for item in ids[:n_old]])
+        assert similarity[same].mean() > 0.5 > similarity[~same].abs().max()  # its audience's vector
+        codes_of = {
+            k: set(sids.codes[torch.tensor([i.startswith(k) for i in ids[:n_old]]), 0].tolist())
+            for k in ("horror", "animation")
+        }
+        assert grown.codes[row, 0].item() in codes_of[kind] - codes_of["animation" if kind == "horror" else "horror"]
+    third = Dataset.from_dict(
+        {"item": ["horror99"], "title": ["Film number 99"], "description": [items["description"][0]]}
+    )
+    again = extend_catalog(tmp_path / "grown", third, tmp_path / "grown-again", replay=items)  # grows again
+    assert again.catalog_size == n_old + 3

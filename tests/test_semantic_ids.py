@@ -246,3 +246,19 @@ def test_recipe_ids_never_see_validation_or_test_interactions(tiny_run_files, tm
         train_changed = ids_for("train", lambda p, n, item: "m0" if p == 0 else item)
     assert torch.equal(same, targets_changed)
     assert not torch.equal(same, train_changed)
+
+
+def test_collaborative_ids_keep_their_items_vectors_through_save_and_load(tmp_path):
+    vectors, collaborative = _embeddings(12, 8), _embeddings(12, 4, seed=1)
+    sids = SemanticIDs.from_embeddings(
+        _ids(12), vectors, levels=2, codes_per_level=3, embedding="collaborative", collaborative=collaborative
+    )
+    loaded = SemanticIDs.load(sids.save(tmp_path))
+    assert loaded == sids and loaded.embedding == "collaborative" and torch.equal(loaded.collaborative, collaborative)
+    assert loaded != SemanticIDs.from_embeddings(_ids(12), vectors, levels=2, codes_per_level=3)  # text IDs differ
+    with pytest.raises(ValueError, match=r"`collaborative` must hold one vector per item \(12\).*got None"):
+        SemanticIDs.from_embeddings(_ids(12), vectors, levels=2, codes_per_level=3, embedding="collaborative")
+    with pytest.raises(ValueError, match=r"'collaborative' IDs: pass `collaborative` vectors for the new items"):
+        sids.extend(["new"], _embeddings(1, 8, seed=2))
+    grown = sids.extend(["new"], _embeddings(1, 8, seed=2), _embeddings(1, 4, seed=3))
+    assert grown.collaborative.shape == (13, 4) and torch.equal(grown.collaborative[:12], collaborative)

@@ -97,11 +97,12 @@ class SemanticIDArgs:
         metadata={"help": f"Quantizer of the item embeddings: one of {SEMANTIC_ID_METHODS}."},
     )
     embedding: str = field(
-        default="text",
+        default="text+collaborative",
         metadata={
             "help": f"What the IDs encode, one of {EMBEDDINGS}: 'text' (title and description, sentence encoder), "
             "'collaborative' (truncated SVD of the training interactions: what users watch together) or "
-            "'text+collaborative' (both, each L2-normalised, concatenated)."
+            "'text+collaborative' (both, each L2-normalised, concatenated; the default: recall@10 0.104 against "
+            "text IDs' 0.031 and collaborative IDs' 0.087 at the same budget, docs/recommendation.md)."
         },
     )
     collaborative_dim: int = field(default=64, metadata={"help": "Dimensions of the collaborative item vectors."})

@@ -24,7 +24,7 @@ from ..recsys import (
     training_examples,
     user_histories,
 )
-from ..recsys.collaborative import item_embeddings
+from ..recsys.collaborative import collaborative_part, combine
 from ..sharing.adapter_format import SEMANTIC_IDS_NAME
 from ..training.grounding import grounding_dataset
 from ..training.templates import IGNORE_INDEX, encode_prompt, encode_prompt_answer, render_examples
@@ -60,17 +60,22 @@ def semantic_ids_stage(config: RecipeConfig, data: RecData, out: Path, state: Pa
         if not path.exists() and state.is_main_process:
             ids, texts = item_texts(data.items)
             args = config.semantic_ids
-            vectors = item_embeddings(
-                args.embedding,
-                lambda: embed_texts(texts, args.encoder),
-                ids,
-                data.split.train,  # the training interactions only: validation/test targets never shape the IDs
-                args.collaborative_dim,
-                args.seed,
+            text = embed_texts(texts, args.encoder)
+            # the training interactions only: validation/test targets never shape the IDs
+            collaborative = collaborative_part(
+                args.embedding, text, ids, data.split.train, args.collaborative_dim, args.seed
             )
-            encoder = args.encoder if args.embedding == "text" else None  # new items cannot be embedded alike
+            vectors = combine(args.embedding, text, collaborative)
             sids = SemanticIDs.from_embeddings(
-                ids, vectors, args.levels, args.codes_per_level, args.seed, args.method, encoder
+                ids,
+                vectors,
+                args.levels,
+                args.codes_per_level,
+                args.seed,
+                args.method,
+                args.encoder,
+                embedding=args.embedding,
+                collaborative=collaborative,
             )
             sids.save(path)
     return SemanticIDs.load(path)

@@ -33,6 +33,7 @@ from ..sharing.adapter_format import (
 )
 from ..sharing.hub import save_for_hub, write_adapter_card
 from ..sharing.saving import write_folder_atomically
+from .collaborative import new_item_vectors
 from .data import grounding_pairs, item_texts, load_items
 from .semantic_ids import SemanticIDs, embed_texts
 
@@ -121,7 +122,8 @@ def _load_semantic_ids(source: Path, encoder: str | None) -> SemanticIDs:
     if sids.encoder is None and encoder is None:
         raise ValueError(
             f"{source / SEMANTIC_IDS_NAME} does not record its encoder (an older file): pass `encoder=` the sentence "
-            "encoder the IDs were built with."
+            "encoder the IDs were built with. IDs of collaborative vectors saved before they kept those vectors "
+            "cannot grow: rebuild them (the recipe's semantic_ids stage gives the same IDs and keeps the vectors)."
         )
     if sids.encoder is not None and encoder is not None and encoder != sids.encoder:
         raise ValueError(
@@ -185,22 +187,44 @@ def _plan(source, new_items, out, encoder, replay, columns, ground_steps, replay
         )
     table = _items_table(new_items, "new_items", *columns)
     ids = _check_new_items(table, sids)
-    replay_table = None
-    if ground_steps > 0 and replay_ratio > 0:
-        if replay is None:
-            raise ValueError(
-                "`ground_steps` > 0 mixes a replay of old items' pairs into grounding: pass `replay=` the old items "
-                "table (same format as new_items), or replay_ratio=0 to ground on the new items alone."
-            )
-        replay_table = _items_table(replay, "replay", *columns)
-        known = set(sids.item_ids)
-        replay_table = replay_table.filter(lambda row: row["item"] in known)
-        if len(replay_table) == 0:
-            raise ValueError("No item of `replay` is in the catalog: pass the table of the adapter's own items.")
-    embeddings = embed_texts(item_texts(table)[1], sids.encoder, show_progress=False)
-    extended = sids.extend(ids, embeddings)
+    replay_table = _replay_table(replay, columns, sids) if replay is not None else None
+    if ground_steps > 0 and replay_ratio > 0 and replay_table is None:
+        raise ValueError(
+            "`ground_steps` > 0 mixes a replay of old items' pairs into grounding: pass `replay=` the old items "
+            "table (same format as new_items), or replay_ratio=0 to ground on the new items alone."
+        )
+    extended = _extend_ids(sids, source, ids, item_texts(table)[1], replay_table)
     new_tokens = [t for t in extended.vocabulary() if t not in set(sids.vocabulary())]
     return _Plan(source, sids, extended, table, replay_table, new_tokens)
+
+
+def _extend_ids(sids: SemanticIDs, source: Path, ids: list[str], texts: list[str], replay) -> SemanticIDs:
+    """The IDs plus the new items, coded like the old: from their texts, and for IDs that know what users watch
+    together, from the collaborative vectors of their nearest catalog items by text (`replay`'s items)."""
+    if sids.embedding == "text":
+        return sids.extend(ids, embed_texts(texts, sids.encoder, show_progress=False))
+    if replay is None:
+        raise ValueError(
+            f"The semantic IDs of {str(source)!r} encode {sids.embedding!r} vectors, and new items have no "
+            "interactions: each gets the collaborative vector of its nearest catalog items by text, as items "
+            "without training interactions did when the IDs were built. Pass `replay=` the old items table "
+            "(same format as new_items; `--replay` on the command line) so that their texts can be compared."
+        )
+    text = embed_texts([*item_texts(replay)[1], *texts], sids.encoder, show_progress=False)
+    row = {item: i for i, item in enumerate(sids.item_ids)}
+    known = sids.collaborative[[row[item] for item in replay["item"]]]
+    vectors, collaborative = new_item_vectors(sids.embedding, text[len(replay) :], text[: len(replay)], known)
+    return sids.extend(ids, vectors, collaborative)
+
+
+def _replay_table(replay, columns, sids: SemanticIDs) -> Dataset:
+    """The old items of `replay` that have semantic IDs (refused when none has)."""
+    table = _items_table(replay, "replay", *columns)
+    known = set(sids.item_ids)
+    table = table.filter(lambda row: row["item"] in known)
+    if len(table) == 0:
+        raise ValueError("No item of `replay` is in the catalog: pass the table of the adapter's own items.")
+    return table
 
 
 def _level(token: str | None) -> str | None:

@@ -77,10 +77,22 @@ def item_embeddings(
 ) -> torch.Tensor:
     """The vectors `semantic_ids.embedding` names. `text_vectors` is a tensor or a zero-argument function giving
     one (the sentence embeddings of the items' texts, L2-normalised)."""
-    check_embedding(embedding)
     text = text_vectors() if callable(text_vectors) else text_vectors
+    return combine(embedding, text, collaborative_part(embedding, text, item_ids, train_histories, dim, seed))
+
+
+def collaborative_part(
+    embedding: str,
+    text: torch.Tensor,
+    item_ids: Sequence[str],
+    train_histories: Mapping[str, Sequence[str]] | None,
+    dim: int = 64,
+    seed: int = 0,
+) -> torch.Tensor | None:
+    """The items' collaborative vectors, cold items filled from their text neighbours (`None` for `'text'`)."""
+    check_embedding(embedding)
     if embedding == "text":
-        return text
+        return None
     if train_histories is None:
         raise ValueError(f"semantic_ids.embedding={embedding!r} needs the training interactions (train_histories).")
     collaborative, cold = collaborative_embeddings(item_ids, train_histories, dim, seed)
@@ -90,8 +102,28 @@ def item_embeddings(
             f"interactions (e.g. {[item_ids[i] for i in cold[:5]]}); their collaborative vector is the mean of their "
             f"{COLD_NEIGHBOURS} nearest items' by text."
         )
-        warnings.warn(message, stacklevel=2)  # once in a run's output (a log line too would print it twice)
-    collaborative = fill_cold_items(collaborative, text, cold)
+        warnings.warn(message, stacklevel=3)  # once in a run's output (a log line too would print it twice)
+    return fill_cold_items(collaborative, text, cold)
+
+
+def combine(embedding: str, text: torch.Tensor, collaborative: torch.Tensor | None) -> torch.Tensor:
+    """What the quantizer codes: the text vectors, the collaborative ones, or both (each L2-normalised)."""
+    check_embedding(embedding)
+    if embedding == "text":
+        return text
     if embedding == "collaborative":
         return collaborative
     return torch.cat([torch.nn.functional.normalize(text, dim=-1), collaborative], dim=-1) / np.sqrt(2)
+
+
+def new_item_vectors(
+    embedding: str, new_text: torch.Tensor, known_text: torch.Tensor, known_collaborative: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A growing catalog's new items have no interactions: each gets what a cold item got when the IDs were built,
+    the mean collaborative vector of its `COLD_NEIGHBOURS` nearest known items by text. Returns the vectors to
+    code and the collaborative vectors (kept with the IDs for the next extension)."""
+    text = torch.cat([known_text, new_text])
+    zeros = known_collaborative.new_zeros(len(new_text), known_collaborative.shape[1])
+    cold = list(range(len(known_text), len(text)))
+    collaborative = fill_cold_items(torch.cat([known_collaborative, zeros]), text, cold)[cold]
+    return combine(embedding, new_text, collaborative), collaborative

@@ -3,7 +3,8 @@
 Each item gets one code per level (`<a_12><b_7><c_3>`); each (level, code) pair is one new token. If some items
 share all codes, EVERY ID gets one more level (`<d_0>`, `<d_1>`, ... numbering the items that share a prefix,
 in item order), so IDs are unique and all have the same length. Saved as one `.safetensors` file that also
-keeps the codebooks, the quantizer and the encoder's name, so a catalog can grow (:meth:`SemanticIDs.extend`)."""
+keeps the codebooks, the quantizer, the encoder's name and, for IDs that encode what users watch together, the
+items' collaborative vectors, so a catalog can grow (:meth:`SemanticIDs.extend`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from ..assets.offline import resolve
 from ..sharing.adapter_format import SEMANTIC_IDS_NAME
+from .collaborative import check_embedding
 from .quantizers import (
     METHODS,
     Projection,
@@ -89,6 +91,10 @@ class SemanticIDs:
         method: the builder of the codes, one of `METHODS`.
         encoder: the sentence encoder that embedded the item texts (needed to code new items).
         projection: RQ-VAE's encoder layers `[(weight, bias), ...]` into the codebooks' space, else `None`.
+        embedding: what the coded vectors hold (`semantic_ids.embedding`): `"text"`, `"collaborative"` or
+            `"text+collaborative"`.
+        collaborative: `[n_items, dim]` the items' collaborative vectors (any embedding but `"text"`): a new
+            item's comes from its text neighbours' (:func:`~gti_peft.recsys.collaborative.new_item_vectors`).
     """
 
     item_ids: list[str]
@@ -98,6 +104,8 @@ class SemanticIDs:
     method: str = "residual_kmeans"
     encoder: str | None = None
     projection: Projection | None = None
+    embedding: str = "text"
+    collaborative: torch.Tensor | None = None
     # set in __post_init__: codes plus the disambiguation column when items collide
     full_codes: torch.LongTensor = field(init=False)
 
@@ -111,6 +119,14 @@ class SemanticIDs:
             raise ValueError(
                 f"{len(self.item_ids)} `item_ids` and {len(self.codebooks)} `codebooks` do not match "
                 f"`codes` of shape {tuple(self.codes.shape)} (one row per item, one codebook per level)."
+            )
+        check_embedding(self.embedding)
+        if (self.embedding == "text") != (self.collaborative is None) or (
+            self.collaborative is not None and len(self.collaborative) != n
+        ):
+            raise ValueError(
+                f"`collaborative` must hold one vector per item ({n}) for embedding={self.embedding!r} IDs and be "
+                f"None for 'text' IDs, got {None if self.collaborative is None else tuple(self.collaborative.shape)}."
             )
         for level, book in enumerate(self.codebooks):
             if n and not 0 <= self.codes[:, level].min() <= self.codes[:, level].max() < book.shape[0]:
@@ -143,9 +159,10 @@ class SemanticIDs:
         return same_sizes and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine[1], theirs[1]))
 
     def _fields_and_tensors(self) -> tuple[list, list[torch.Tensor]]:
-        fields = [self.item_ids, self.level_names, self.method, self.encoder, self.projection is None]
+        fields = [self.item_ids, self.level_names, self.method, self.encoder, self.projection is None, self.embedding]
         layers = [t for layer in self.projection or [] for t in layer]
-        return fields, [self.codes, *self.codebooks, *layers]
+        collaborative = [] if self.collaborative is None else [self.collaborative]
+        return fields, [self.codes, *self.codebooks, *layers, *collaborative]
 
     def __repr__(self) -> str:
         sizes, names = self.level_sizes, self.level_names
@@ -164,10 +181,13 @@ class SemanticIDs:
         seed: int = 0,
         method: str = "residual_kmeans",
         encoder: str | None = None,
+        embedding: str = "text",
+        collaborative: torch.Tensor | None = None,
     ) -> SemanticIDs:
         """Quantize precomputed item embeddings `[n_items, dim]` with `method`: `"residual_kmeans"`
         (:func:`residual_kmeans`), `"balanced"` (:func:`balanced_residual_kmeans`) or `"rqvae"`
-        (:func:`rqvae`). `encoder` names what made the embeddings (kept for :meth:`extend`)."""
+        (:func:`rqvae`). `encoder` names the sentence encoder of the items' texts, `embedding` what the vectors
+        hold and `collaborative` the items' collaborative vectors (all kept for :meth:`extend`)."""
         item_ids = _check_item_ids(item_ids)
         if len(item_ids) != len(embeddings):
             raise ValueError(f"{len(item_ids)} `item_ids` but {len(embeddings)} `embeddings`: they must match.")
@@ -179,7 +199,7 @@ class SemanticIDs:
             codes, codebooks = balanced_residual_kmeans(embeddings, levels, codes_per_level, seed)
         else:
             codes, codebooks = residual_kmeans(embeddings, levels, codes_per_level, seed)
-        return cls(item_ids, codes, codebooks, method=method, encoder=encoder, projection=projection)
+        return cls(item_ids, codes, codebooks, None, method, encoder, projection, embedding, collaborative)
 
     @classmethod
     def build(
@@ -259,13 +279,17 @@ class SemanticIDs:
         """Quantizer codes `[n, levels]` of new embeddings from the saved codebooks (nothing is re-clustered)."""
         return assign_codes(embeddings, self.codebooks, self.projection)[0]
 
-    def extend(self, item_ids: Sequence[str], embeddings: torch.Tensor) -> SemanticIDs:
+    def extend(
+        self, item_ids: Sequence[str], embeddings: torch.Tensor, collaborative: torch.Tensor | None = None
+    ) -> SemanticIDs:
         """These IDs plus new items coded from the saved codebooks; every old item keeps its ID.
 
-        `embeddings` must come from the same encoder. With a disambiguation level, a new item whose codes are
-        taken gets the next free `<d_k>` (a new token only when `k` is past the last one). Without one, it
-        takes the nearest last-level code that is still free under its prefix (no new token); when every one is
-        taken a `ValueError` says so. Balanced IDs code new items by the nearest centroid (no capacity limit).
+        `embeddings` must come from the same encoder (and, for IDs that are not text-only, be built by
+        :func:`~gti_peft.recsys.collaborative.new_item_vectors`, whose `collaborative` vectors go along). With a
+        disambiguation level, a new item whose codes are taken gets the next free `<d_k>` (a new token only when
+        `k` is past the last one). Without one, it takes the nearest last-level code that is still free under its
+        prefix (no new token); when every one is taken a `ValueError` says so. Balanced IDs code new items by the
+        nearest centroid (no capacity limit).
         """
         item_ids = _check_item_ids(item_ids)
         known = [i for i in item_ids if i in self._index]
@@ -277,7 +301,13 @@ class SemanticIDs:
         if embeddings.ndim != 2 or embeddings.shape[1] != expected:
             raise ValueError(
                 f"`embeddings` have shape {tuple(embeddings.shape)} but the codebooks take {expected}-dim vectors: "
-                f"embed the new items with the encoder the IDs were built with ({self.encoder!r})."
+                f"embed the new items with the encoder the IDs were built with ({self.encoder!r}). Collaborative "
+                "IDs saved before they kept their items' collaborative vectors cannot grow: rebuild them."
+            )
+        if (self.collaborative is None) != (collaborative is None):
+            raise ValueError(
+                f"These are {self.embedding!r} IDs: pass `collaborative` vectors for the new items exactly when the "
+                "IDs keep them (any embedding but 'text'; see gti_peft.recsys.collaborative.new_item_vectors)."
             )
         codes, last_distances = assign_codes(embeddings, self.codebooks, self.projection)
         if not self.has_disambiguation:
@@ -290,6 +320,8 @@ class SemanticIDs:
             self.method,
             self.encoder,
             self.projection,
+            self.embedding,
+            None if collaborative is None else torch.cat([self.collaborative, collaborative.float()]),
         )
 
     def _free_last_codes(self, codes: torch.LongTensor, last_distances: torch.Tensor) -> torch.LongTensor:
@@ -318,8 +350,10 @@ class SemanticIDs:
         tensors.update({f"codebook_{i}": book.detach().float().contiguous() for i, book in enumerate(self.codebooks)})
         for i, (weight, bias) in enumerate(self.projection or []):
             tensors |= {f"projection_{i}.weight": weight.contiguous(), f"projection_{i}.bias": bias.contiguous()}
+        if self.collaborative is not None:
+            tensors["collaborative"] = self.collaborative.detach().float().contiguous()
         meta = {"format": _FORMAT, "version": 2, "item_ids": self.item_ids, "level_names": self.level_names}
-        meta |= {"method": self.method, "encoder": self.encoder}
+        meta |= {"method": self.method, "encoder": self.encoder, "embedding": self.embedding}
         save_file(tensors, str(path), metadata={_FORMAT: json.dumps(meta)})
         return path
 
@@ -341,9 +375,14 @@ class SemanticIDs:
                 (f.get_tensor(f"projection_{i}.weight"), f.get_tensor(f"projection_{i}.bias")) for i in range(layers)
             ]
             codes = f.get_tensor("codes")
-        # version 1 files (no method/encoder) were residual k-means; their encoder is unknown
+            collaborative = f.get_tensor("collaborative") if "collaborative" in keys else None
+        # version 1 files (no method/encoder) were residual k-means; their encoder is unknown. Files without an
+        # embedding hold text IDs, or collaborative ones saved without their vectors (which cannot grow)
         method, encoder = meta.get("method", "residual_kmeans"), meta.get("encoder")
-        return cls(meta["item_ids"], codes, codebooks, meta["level_names"], method, encoder, projection or None)
+        names, embedding = meta["level_names"], meta.get("embedding", "text")
+        return cls(
+            meta["item_ids"], codes, codebooks, names, method, encoder, projection or None, embedding, collaborative
+        )
 
 
 def _check_item_ids(item_ids: Sequence[str], allow_empty: bool = False) -> list[str]:
