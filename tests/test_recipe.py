@@ -179,7 +179,8 @@ def test_grounding_mix_makes_that_fraction_of_the_fine_tuning_data(tiny_run_file
 
     sizes = {}
     for mix in (0.0, 0.25, 1.0):
-        config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "mix"), [f"finetune.grounding_mix={mix}"])
+        overrides = ["data.examples=windows", f"finetune.grounding_mix={mix}"]  # sequences: the test below
+        config = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "mix"), overrides)
         config.output.overwrite = True
         out = prepare_output_dir(config, PartialState())
         data = load_data(config)
@@ -322,7 +323,8 @@ def test_a_history_that_cannot_fit_max_length_is_refused_before_training(tiny_ru
     ):
         run_recipe(config)
     assert not (out / "grounded").exists() and not (out / "checkpoints-ground").exists()
-    windows = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "long2"), ["data.max_length=20"])
+    overrides = ["data.examples=windows", "data.max_length=20"]
+    windows = load_recipe_config(tiny_yaml(tiny_run_files, tmp_path / "long2"), overrides)
     with pytest.raises(ValueError, match=r"data.max_history=3 \(windows: 3 items.*needs \d+ tokens"):
         run_recipe(windows)
 

@@ -54,15 +54,16 @@ class DataArgs:
     description_columns: list[str] = field(default_factory=lambda: ["description"])
     min_interactions: int = 3
     examples: str = field(
-        default="windows",
+        default="sequences",
         metadata={
-            "help": f"Fine-tuning examples, one of {EXAMPLE_KINDS}: 'windows' (one target per example, its "
-            "max_history items before it as the prompt) or 'sequences' (each user's training sequence in chunks of "
-            "at most max_history items, the loss on the ID tokens of every item after a chunk's first)."
+            "help": f"Fine-tuning examples, one of {EXAMPLE_KINDS}: 'sequences' (the default: each user's training "
+            "sequence in chunks of at most max_history items, the loss on the ID tokens of every item after a "
+            "chunk's first; 6.7x the next-item targets per CPU-second) or 'windows' (one target per example, its "
+            "max_history items before it as the prompt)."
         },
     )
     max_history: int = field(
-        default=10,
+        default=20,
         metadata={
             "help": "windows: items of history in a prompt; sequences: items per chunk (so at most max_history - 1 "
             "items of history before a target). Evaluation prompts hold the longest history training used."

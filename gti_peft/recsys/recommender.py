@@ -78,12 +78,16 @@ class PromptSettings:
 
             config = yaml.safe_load(recipe.read_text()) or {}
             data, evaluation = config.get("data") or {}, config.get("evaluation") or {}
-            keys = ("prompt_style", "history_separator", "max_history")
-            values = {k: data[k] for k in keys if k in data} | {"num_beams": evaluation.get("num_beams", 20)}
+            examples = data.get("examples", "windows")  # runs from before sequence examples trained on windows
+            values = {k: data[k] for k in ("prompt_style", "history_separator") if k in data}
+            if "max_history" in data:  # a chunk of max_history items holds at most max_history - 1 before a target
+                values["max_history"] = data["max_history"] - (examples == "sequences")
+            values |= {"examples": examples, "num_beams": evaluation.get("num_beams", 20)}
             return cls(**values)
         warnings.warn(
-            f"{str(folder)!r} records no prompt settings ({SETTINGS_FILE} or ../recipe.yaml): using the recipe's "
-            f"defaults {asdict(cls())}. Pass `settings=PromptSettings(...)` if the model was trained otherwise.",
+            f"{str(folder)!r} records no prompt settings ({SETTINGS_FILE} or ../recipe.yaml): using the settings of "
+            f"runs from before they were saved, {asdict(cls())}. Pass `settings=PromptSettings(...)` if the model "
+            "was trained otherwise.",
             stacklevel=3,
         )
         return cls()
