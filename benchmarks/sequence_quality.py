@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "recipes/smollm2-135m/movielens.yaml"
 OUT = ROOT / "outputs" / "benchmarks" / "sequence_quality"
 RESULTS = ROOT / "benchmarks" / "results" / "sequence_quality.json"
+METRICS = ("recall@10", "ndcg@10")
 # 943 test users, history left out (evaluation.exclude_history's default); 10 beams give the top 10 (recall/NDCG@10)
 COMMON = [
     "evaluation.max_users=null",
@@ -72,14 +73,78 @@ ARMS = {
     "seq_textcollab_700_seed1": ("text+collaborative", [*sequences(700), "output.seed=1"]),
     "mean_textcollab_140": ("text+collaborative", [*sequences(140), "grounding.max_steps=0"]),
     "mean_textcollab_40": ("text+collaborative", [*sequences(40), "grounding.max_steps=0"]),
+    # the settings sweep at 140 steps (a fifth of an epoch), seed 0, against seq_textcollab_140 (lr 1e-3, r 8,
+    # 20 items per chunk): the learning rate, the LoRA rank (the scale alpha/r kept at 4), the history length (50
+    # items per chunk, 56 steps: the tokens of 140 steps of 20-item chunks)
+    "sweep_lr3e-3_140": ("text+collaborative", [*sequences(140), "finetune.learning_rate=0.003"]),
+    "sweep_lr3e-4_140": ("text+collaborative", [*sequences(140), "finetune.learning_rate=0.0003"]),
+    "sweep_r32_140": ("text+collaborative", [*sequences(140), "adapter.r=32", "adapter.lora_alpha=128"]),
+    "sweep_history50_56": ("text+collaborative", [*sequences(56, history=50), "data.max_length=224"]),
+    # evaluation only: the one-epoch adapter ranked with 20 beams instead of 10 (constrained beam search returns
+    # the top 10 of its beams; more beams come closer to the exact top 10)
+    "seq_textcollab_700_beams20": ("text+collaborative", [*sequences(700), "evaluation.num_beams=20"]),
+    "seq_textcollab_40_beams20": ("text+collaborative", [*sequences(40), "evaluation.num_beams=20"]),
+    "seq_textcollab_700_seed1_beams20": (
+        "text+collaborative",
+        [*sequences(700), "output.seed=1", "evaluation.num_beams=20"],
+    ),
+    "seq_textcollab_700_beams40": ("text+collaborative", [*sequences(700), "evaluation.num_beams=40"]),
+    "seq_textcollab_700_seed1_beams40": (
+        "text+collaborative",
+        [*sequences(700), "output.seed=1", "evaluation.num_beams=40"],
+    ),
+    # the mean start at one epoch, both seeds: equal steps, and compute-matched within 1% (GTI's 40 grounding steps
+    # cost ~28 CPU s of its ~2,700)
+    "mean_textcollab_700": ("text+collaborative", [*sequences(700), "grounding.max_steps=0"]),
+    "mean_textcollab_700_seed1": ("text+collaborative", [*sequences(700), "grounding.max_steps=0", "output.seed=1"]),
+    # the schedule: cosine decay to 0 over the epoch instead of the constant lr after warm-up (same peak, 1e-3)
+    "seq_textcollab_700_cosine": ("text+collaborative", [*sequences(700), "finetune.lr_scheduler_type=cosine"]),
+}
+# arm -> the arm whose trained adapter it evaluates (its own settings differ in the evaluation section only)
+SAME_TRAINING = {
+    "seq_textcollab_700_beams20": "seq_textcollab_700",
+    "seq_textcollab_40_beams20": "seq_textcollab_40",
+    "seq_textcollab_700_seed1_beams20": "seq_textcollab_700_seed1",
+    "seq_textcollab_700_beams40": "seq_textcollab_700",
+    "seq_textcollab_700_seed1_beams40": "seq_textcollab_700_seed1",
 }
 
 
-# pooled over seeds: arm -> its seeds' arms; and GTI against the mean start at equal steps: GTI arm -> mean arm
-POOLED = {"seq_textcollab_700 (seeds 0+1)": ["seq_textcollab_700", "seq_textcollab_700_seed1"]}
-VERSUS_MEAN = {"seq_textcollab_140": "mean_textcollab_140", "seq_textcollab_40": "mean_textcollab_40"}
-# the mean start given more CPU time than GTI's whole run (grounding included): GTI arm -> mean arm
-MORE_COMPUTE_FOR_MEAN = {"seq_textcollab_40": "mean_textcollab_140"}
+# pooled over seeds: name -> its seeds' arms
+POOLED = {
+    "seq_textcollab_700 (seeds 0+1)": ["seq_textcollab_700", "seq_textcollab_700_seed1"],
+    "mean_textcollab_700 (seeds 0+1)": ["mean_textcollab_700", "mean_textcollab_700_seed1"],
+    "seq_textcollab_700, 20 beams (seeds 0+1)": ["seq_textcollab_700_beams20", "seq_textcollab_700_seed1_beams20"],
+    "seq_textcollab_700, 40 beams (seeds 0+1)": ["seq_textcollab_700_beams40", "seq_textcollab_700_seed1_beams40"],
+}
+# paired comparisons over the same users: what is measured -> (arm or pooled name, minus this arm or pooled name)
+COMPARISONS = {
+    "GTI minus the mean start, 40 steps each (seed 0)": ("seq_textcollab_40", "mean_textcollab_40"),
+    "GTI minus the mean start, 140 steps each (seed 0)": ("seq_textcollab_140", "mean_textcollab_140"),
+    "GTI's 40 + 40 steps minus the mean start given 140 (2.7x the CPU time)": (
+        "seq_textcollab_40",
+        "mean_textcollab_140",
+    ),
+    "GTI minus the mean start, 700 steps each (one epoch; compute-matched within 1%), seeds 0+1": (
+        "seq_textcollab_700 (seeds 0+1)",
+        "mean_textcollab_700 (seeds 0+1)",
+    ),
+    "cosine minus constant learning rate, one epoch (seed 0)": ("seq_textcollab_700_cosine", "seq_textcollab_700"),
+    "20 beams minus 10, one epoch (seed 0)": ("seq_textcollab_700_beams20", "seq_textcollab_700"),
+    "20 beams minus 10, one epoch, seeds 0+1": (
+        "seq_textcollab_700, 20 beams (seeds 0+1)",
+        "seq_textcollab_700 (seeds 0+1)",
+    ),
+    "40 beams minus 20, one epoch, seeds 0+1": (
+        "seq_textcollab_700, 40 beams (seeds 0+1)",
+        "seq_textcollab_700, 20 beams (seeds 0+1)",
+    ),
+    "20 beams minus 10, 40 + 40 steps (seed 0)": ("seq_textcollab_40_beams20", "seq_textcollab_40"),
+    "lr 3e-3 minus 1e-3, 140 steps (seed 0)": ("sweep_lr3e-3_140", "seq_textcollab_140"),
+    "lr 3e-4 minus 1e-3, 140 steps (seed 0)": ("sweep_lr3e-4_140", "seq_textcollab_140"),
+    "LoRA r 32 minus r 8, 140 steps (seed 0)": ("sweep_r32_140", "seq_textcollab_140"),
+    "50-item minus 20-item chunks, equal tokens (seed 0)": ("sweep_history50_56", "seq_textcollab_140"),
+}
 
 
 def overrides(arm: str) -> list[str]:
@@ -99,7 +164,7 @@ def share_grounding(arm: str) -> list[str]:
         return ["output.overwrite=true"]
     if (out / "adapter").exists():
         return []
-    if _grounding_key(arm)[1] == "grounding.max_steps=0":  # the mean start: nothing to share
+    if "grounding.max_steps=0" in _grounding_key(arm):  # the mean start: nothing to share
         return []
     for other in ARMS:
         source = OUT / other
@@ -113,15 +178,24 @@ def share_grounding(arm: str) -> list[str]:
 
 
 def _grounding_key(arm: str) -> tuple:
-    """Arms with equal keys ground alike: the same IDs, seed and grounding steps (the last override of each wins)."""
+    """Arms with equal keys ground alike: the same IDs, seed, grounding and adapter settings (the last override of
+    each wins). data.max_length is left out: grounding prompts (a title or description and its IDs) never reach it."""
     embedding, extra = ARMS[arm]
     last = {o.split("=")[0]: o for o in [*COMMON, *extra]}
-    return embedding, last["grounding.max_steps"], last["output.seed"]
+    shaping = sorted(v for k, v in last.items() if k.startswith(("grounding.", "adapter.", "semantic_ids.")))
+    return embedding, last["output.seed"], *shaping
 
 
 def train(arms: list[str]) -> None:
     for arm in arms:
         if (OUT / arm / "adapter").exists():
+            continue
+        if arm in SAME_TRAINING:
+            source, out = OUT / SAME_TRAINING[arm], OUT / arm
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / "semantic_ids.safetensors", out)
+            shutil.copy(source / "train_time.json", out)
+            shutil.copytree(source / "adapter", out / "adapter")
             continue
         extra = share_grounding(arm)
         start, cpu = time.perf_counter(), _children_cpu()
@@ -179,23 +253,25 @@ def report() -> dict:
         sasrec = hits_from_ranks(unpack(ranks)) if ranks else None
     hits = {arm: hits_from_ranks(unpack(entry["hit_ranks_gz"])) for arm, entry in arms.items()}
     for arm, entry in arms.items():
+        for old in ("vs_mean_start", "vs_mean_start_more_compute"):  # now under result["comparisons"]
+            entry.pop(old, None)
         if sasrec is not None:
             entry["vs_sasrec"] = bootstrap_difference(sasrec, hits[arm])
-        if VERSUS_MEAN.get(arm) in hits:
-            entry["vs_mean_start"] = bootstrap_difference(hits[VERSUS_MEAN[arm]], hits[arm])
-        if MORE_COMPUTE_FOR_MEAN.get(arm) in hits:
-            mean_arm = MORE_COMPUTE_FOR_MEAN[arm]
-            entry["vs_mean_start_more_compute"] = {"arm": mean_arm} | bootstrap_difference(hits[mean_arm], hits[arm])
     pooled = result.setdefault("pooled", {})
     for name, members in POOLED.items():
-        if sasrec is not None and all(m in hits for m in members):
-            mean = average_hits([hits[m] for m in members])
+        if all(m in hits for m in members):
+            hits[name] = average_hits([hits[m] for m in members])
             pooled[name] = {
                 "arms": members,
-                "recall@10": sum(h[0] for h in mean.values()) / len(mean),
-                "ndcg@10": sum(h[1] for h in mean.values()) / len(mean),
-                "vs_sasrec": bootstrap_difference(sasrec, mean),
+                "recall@10": sum(h[0] for h in hits[name].values()) / len(hits[name]),
+                "ndcg@10": sum(h[1] for h in hits[name].values()) / len(hits[name]),
             }
+            if sasrec is not None:
+                pooled[name]["vs_sasrec"] = bootstrap_difference(sasrec, hits[name])
+    comparisons = result.setdefault("comparisons", {})
+    for label, (arm, baseline) in COMPARISONS.items():
+        if arm in hits and baseline in hits:
+            comparisons[label] = {"arm": arm, "minus": baseline} | bootstrap_difference(hits[baseline], hits[arm])
     result |= run_environment()
     RESULTS.write_text(json.dumps(result, indent=2))
     nan = float("nan")
@@ -207,25 +283,18 @@ def report() -> dict:
     for arm, entry in arms.items():
         model, popular = entry["metrics"]["model"], entry["metrics"]["popularity"]
         versus = entry.get("vs_sasrec", {})
-        cells = [format_difference(versus[m]) if m in versus else "" for m in ("recall@10", "ndcg@10")]
+        cells = [format_difference(versus[m]) if m in versus else "" for m in METRICS]
         print(
             f"| {arm} | {model['recall@10']:.4f} | {model['ndcg@10']:.4f} | "
             f"{model['recall@10'] / popular['recall@10']:.2f} | {cells[0]} | {cells[1]} | "
             f"{entry['train_time'].get('cpu_s', nan):.0f} | {entry['evaluate'].get('cpu_s', nan):.0f} |"
         )
     for name, entry in pooled.items():
-        cells = [format_difference(entry["vs_sasrec"][m]) for m in ("recall@10", "ndcg@10")]
+        cells = [format_difference(entry["vs_sasrec"][m]) if "vs_sasrec" in entry else "" for m in METRICS]
         print(f"| {name} | {entry['recall@10']:.4f} | {entry['ndcg@10']:.4f} | | {cells[0]} | {cells[1]} | | |")
-    for arm, mean_arm in VERSUS_MEAN.items():
-        if "vs_mean_start" in arms.get(arm, {}):
-            cells = [format_difference(arms[arm]["vs_mean_start"][m]) for m in ("recall@10", "ndcg@10")]
-            print(f"\n{arm} minus {mean_arm} (equal steps, seed 0): recall@10 {cells[0]}, NDCG@10 {cells[1]}")
-    for arm, mean_arm in MORE_COMPUTE_FOR_MEAN.items():
-        if "vs_mean_start_more_compute" in arms.get(arm, {}):
-            versus = arms[arm]["vs_mean_start_more_compute"]
-            cells = [format_difference(versus[m]) for m in ("recall@10", "ndcg@10")]
-            label = f"{arm} minus {mean_arm} (the mean start given more CPU time)"
-            print(f"\n{label}: recall@10 {cells[0]}, NDCG@10 {cells[1]}")
+    print("\n| paired comparison (943 users) | recall@10 [95% CI] | NDCG@10 [95% CI] |\n|:--|--:|--:|")
+    for label, entry in comparisons.items():
+        print(f"| {label} | {format_difference(entry['recall@10'])} | {format_difference(entry['ndcg@10'])} |")
     return result
 
 

@@ -201,7 +201,8 @@ def test_items_without_training_interactions_get_their_text_neighbours_vector_an
     similarity = vectors[12] @ vectors[:12].T  # its 10 text neighbours: items 0-5 and 4 of the others
     assert similarity[:6].min() > similarity[6:].max()
     assert torch.isclose(vectors[12].norm(), torch.tensor(1.0))
-    both = item_embeddings("text+collaborative", text, _ids(13), _co_watched(), dim=4)
+    with pytest.warns(UserWarning, match="1 of 13 items"):
+        both = item_embeddings("text+collaborative", text, _ids(13), _co_watched(), dim=4)
     assert both.shape == (13, 8 + 4) and torch.allclose(both.norm(dim=-1), torch.ones(13))
     with pytest.raises(ValueError, match=r"semantic_ids.embedding must be one of \['text', 'collaborative'"):
         item_embeddings("graph", text, _ids(13), _co_watched())

@@ -360,7 +360,8 @@ def extend_catalog(
         out_folder: Where the extended adapter goes (written atomically; `adapter_folder` is never touched).
         ground_steps: Steps of a grounding pass on the rows only (LoRA frozen); 0 skips it (no model is loaded).
         replay: The old items' table; `replay_ratio` old pairs per new pair join the grounding data so the old
-            items are not forgotten.
+            items are not forgotten. Needed for IDs that are not text-only: a new item takes the collaborative
+            vector of its nearest old items by text.
         encoder: The sentence encoder; it must be the one recorded with the codebooks (default: that one).
         base_model: The base to ground on (default: the adapter config's `base_model_name_or_path`).
         new_row_init: Rows of new tokens start at the mean of their level's rows (`level_mean`) or of all
