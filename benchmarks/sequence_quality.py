@@ -89,6 +89,10 @@ ARMS = {
         [*sequences(700), "output.seed=1", "evaluation.num_beams=20"],
     ),
     "seq_textcollab_700_beams40": ("text+collaborative", [*sequences(700), "evaluation.num_beams=40"]),
+    "mean_textcollab_700_beams20": (
+        "text+collaborative",
+        [*sequences(700), "grounding.max_steps=0", "evaluation.num_beams=20"],
+    ),
     # the mean start at one epoch, both seeds: equal steps, and compute-matched within 1% (GTI's 40 grounding steps
     # cost ~28 CPU s of its ~2,700)
     "mean_textcollab_700": ("text+collaborative", [*sequences(700), "grounding.max_steps=0"]),
@@ -102,6 +106,7 @@ SAME_TRAINING = {
     "seq_textcollab_40_beams20": "seq_textcollab_40",
     "seq_textcollab_700_seed1_beams20": "seq_textcollab_700_seed1",
     "seq_textcollab_700_beams40": "seq_textcollab_700",
+    "mean_textcollab_700_beams20": "mean_textcollab_700",
 }
 
 
@@ -128,6 +133,10 @@ COMPARISONS = {
         "mean_textcollab_700 (seeds 0+1)",
     ),
     "cosine minus constant learning rate, one epoch (seed 0)": ("seq_textcollab_700_cosine", "seq_textcollab_700"),
+    "GTI minus the mean start, 700 steps each, both ranked with 20 beams (seed 0)": (
+        "seq_textcollab_700_beams20",
+        "mean_textcollab_700_beams20",
+    ),
     "20 beams minus 10, one epoch (seed 0)": ("seq_textcollab_700_beams20", "seq_textcollab_700"),
     "20 beams minus 10, one epoch, seeds 0+1": (
         "seq_textcollab_700, 20 beams (seeds 0+1)",
