@@ -99,6 +99,13 @@ ARMS = {
     "mean_textcollab_700_seed1": ("text+collaborative", [*sequences(700), "grounding.max_steps=0", "output.seed=1"]),
     # the schedule: cosine decay to 0 over the epoch instead of the constant lr after warm-up (same peak, 1e-3)
     "seq_textcollab_700_cosine": ("text+collaborative", [*sequences(700), "finetune.lr_scheduler_type=cosine"]),
+    # two epochs (1,400 steps of 8; ~95 CPU-min per run, inside the 2 hours) with the learning rate decaying
+    # to 0 (cosine), GTI and the mean start at equal steps: the budget's headline
+    "seq_textcollab_1400_cosine": ("text+collaborative", [*sequences(1400), "finetune.lr_scheduler_type=cosine"]),
+    "mean_textcollab_1400_cosine": (
+        "text+collaborative",
+        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "grounding.max_steps=0"],
+    ),
 }
 # arm -> the arm whose trained adapter it evaluates (its own settings differ in the evaluation section only)
 SAME_TRAINING = {
@@ -133,6 +140,15 @@ COMPARISONS = {
         "mean_textcollab_700 (seeds 0+1)",
     ),
     "cosine minus constant learning rate, one epoch (seed 0)": ("seq_textcollab_700_cosine", "seq_textcollab_700"),
+    "GTI minus the mean start, 1,400 steps each (two epochs, cosine), seed 0": (
+        "seq_textcollab_1400_cosine",
+        "mean_textcollab_1400_cosine",
+    ),
+    "two epochs (cosine) minus one (constant lr), GTI, seed 0": ("seq_textcollab_1400_cosine", "seq_textcollab_700"),
+    "two epochs (cosine) minus one (constant lr), the mean start, seed 0": (
+        "mean_textcollab_1400_cosine",
+        "mean_textcollab_700",
+    ),
     "GTI minus the mean start, 700 steps each, both ranked with 20 beams (seed 0)": (
         "seq_textcollab_700_beams20",
         "mean_textcollab_700_beams20",
