@@ -99,6 +99,10 @@ ARMS = {
     "mean_textcollab_700_seed1": ("text+collaborative", [*sequences(700), "grounding.max_steps=0", "output.seed=1"]),
     # the schedule: cosine decay to 0 over the epoch instead of the constant lr after warm-up (same peak, 1e-3)
     "seq_textcollab_700_cosine": ("text+collaborative", [*sequences(700), "finetune.lr_scheduler_type=cosine"]),
+    # each user's latest chunk only (943 chunks: 118 steps of 8 are one pass), the items closest in time to the test
+    # item: at the demo's 40 steps, and one pass, against every chunk at 40 and 140 steps
+    "latest_textcollab_40": ("text+collaborative", [*sequences(40), "data.max_chunks_per_user=1"]),
+    "latest_textcollab_118": ("text+collaborative", [*sequences(118), "data.max_chunks_per_user=1"]),
     # two epochs (1,400 steps of 8; ~95 CPU-min per run, inside the 2 hours) with the learning rate decaying
     # to 0 (cosine), GTI and the mean start at equal steps: the budget's headline
     "seq_textcollab_1400_cosine": ("text+collaborative", [*sequences(1400), "finetune.lr_scheduler_type=cosine"]),
@@ -140,6 +144,11 @@ COMPARISONS = {
         "mean_textcollab_700 (seeds 0+1)",
     ),
     "cosine minus constant learning rate, one epoch (seed 0)": ("seq_textcollab_700_cosine", "seq_textcollab_700"),
+    "latest chunk per user minus every chunk, 40 steps (seed 0)": ("latest_textcollab_40", "seq_textcollab_40"),
+    "latest chunk per user (one pass, 118 steps) minus every chunk (140 steps), seed 0": (
+        "latest_textcollab_118",
+        "seq_textcollab_140",
+    ),
     "GTI minus the mean start, 1,400 steps each (two epochs, cosine), seed 0": (
         "seq_textcollab_1400_cosine",
         "mean_textcollab_1400_cosine",

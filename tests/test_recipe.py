@@ -75,6 +75,11 @@ def test_accelerate_configs_open_with_their_command():
         ("data:\n  examples: sequences\n  max_history: 1\n", r"max_history=1 .*history of 0 items.*>= 2"),
         ("data:\n  examples: windows\n  max_history: 0\n", r"max_history=0 .*history of 0 items.*>= 1"),
         (
+            "data:\n  examples: windows\n  max_chunks_per_user: 1\n",
+            r"data.max_chunks_per_user=1 applies to sequence chunks, but data.examples='windows'",
+        ),
+        ("data:\n  max_chunks_per_user: 0\n", r"data.max_chunks_per_user=0 keeps no chunk: set it to 1 or more"),
+        (
             "semantic_ids:\n  embedding: graph\n",
             r"semantic_ids.embedding must be one of \['text', 'collaborative', 'text\+collaborative'\], got 'graph'",
         ),

@@ -174,3 +174,12 @@ def test_sequence_chunks_cover_every_target_once_ending_with_the_latest_items():
     assert not [c for c in chunks if c["user"] == "u3"]  # one item: no target
     with pytest.raises(ValueError, match="max_items` must be >= 2"):
         sequence_chunks(histories, max_items=1)
+
+
+def test_sequence_chunks_keep_each_users_latest_chunks_when_asked():
+    histories = {"u1": [f"i{k}" for k in range(11)], "u2": ["a", "b"]}
+    latest = sequence_chunks(histories, max_items=4, max_chunks_per_user=2)
+    assert [c["items"] for c in latest if c["user"] == "u1"] == [["i4", "i5", "i6", "i7"], ["i7", "i8", "i9", "i10"]]
+    assert [c["items"] for c in latest if c["user"] == "u2"] == [["a", "b"]]  # fewer chunks than asked: all kept
+    with pytest.raises(ValueError, match="max_chunks_per_user` must be >= 1"):
+        sequence_chunks(histories, max_items=4, max_chunks_per_user=0)

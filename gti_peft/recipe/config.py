@@ -76,6 +76,13 @@ class DataArgs:
         default="chat",
         metadata={"help": f"How prompts are tokenized, in every stage: one of {PROMPT_STYLES} (templates.py)."},
     )
+    max_chunks_per_user: int | None = field(
+        default=None,
+        metadata={
+            "help": "sequences: keep only each user's latest chunks, this many (their most recent items, the closest "
+            "in time to the items evaluation asks for); null keeps every chunk."
+        },
+    )
     max_train_examples: int | None = field(
         default=None, metadata={"help": "Seeded subsample of the fine-tuning examples (windows or chunks)."}
     )
@@ -214,6 +221,17 @@ class RecipeConfig:
                 f"data.max_history={data.max_history} with data.examples={data.examples!r} gives a history of "
                 f"{data.history_length} items before a target; it needs at least 1: set data.max_history >= {least}."
             )
+        if data.max_chunks_per_user is not None:
+            if data.examples != "sequences":
+                raise ValueError(
+                    f"data.max_chunks_per_user={data.max_chunks_per_user} applies to sequence chunks, but "
+                    f"data.examples={data.examples!r}: set data.examples=sequences or data.max_chunks_per_user=null."
+                )
+            if data.max_chunks_per_user < 1:
+                raise ValueError(
+                    f"data.max_chunks_per_user={data.max_chunks_per_user} keeps no chunk: set it to 1 or more (each "
+                    "user's latest chunks), or null for every chunk."
+                )
         if sids.embedding not in EMBEDDINGS:
             raise ValueError(f"semantic_ids.embedding must be one of {list(EMBEDDINGS)}, got {sids.embedding!r}.")
         if sids.collaborative_dim < 1:

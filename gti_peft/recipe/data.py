@@ -167,7 +167,7 @@ def next_item_rows(config: RecipeConfig, tokenizer, sids: SemanticIDs, data: Rec
     tokens = sids.token_lists()
     args = config.data
     if args.examples == "sequences":
-        examples = sequence_chunks(data.split.train, args.max_history)
+        examples = sequence_chunks(data.split.train, args.max_history, args.max_chunks_per_user)
     else:
         examples = training_examples(data.split.train, max_history=args.max_history)
     limit, seed = args.max_train_examples, config.output.seed

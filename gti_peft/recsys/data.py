@@ -244,17 +244,21 @@ def training_examples(
     ]
 
 
-def sequence_chunks(histories: Mapping[str, Sequence[str]], max_items: int) -> list[dict]:
+def sequence_chunks(
+    histories: Mapping[str, Sequence[str]], max_items: int, max_chunks_per_user: int | None = None
+) -> list[dict]:
     """Each user's sequence cut into chunks of at most `max_items` items, aligned to its end (the last chunk holds
     the user's latest items) and overlapping by one item, so every item after a user's first is a target of exactly
-    one chunk, with the chunk's earlier items as its history. Chunks of one item (no target) are left out.
-    Returns `[{"user": ..., "items": [...]}, ...]`."""
+    one chunk, with the chunk's earlier items as its history. Chunks of one item (no target) are left out; with
+    `max_chunks_per_user`, only each user's latest chunks are kept. Returns `[{"user": ..., "items": [...]}, ...]`."""
     if max_items < 2:
         raise ValueError(f"`max_items` must be >= 2 (one history item and one target), got {max_items}.")
+    if max_chunks_per_user is not None and max_chunks_per_user < 1:
+        raise ValueError(f"`max_chunks_per_user` must be >= 1 or None (every chunk), got {max_chunks_per_user}.")
     chunks = []
     for user, items in histories.items():
         end, user_chunks = len(items), []
-        while end > 1:
+        while end > 1 and (max_chunks_per_user is None or len(user_chunks) < max_chunks_per_user):
             start = max(0, end - max_items)
             user_chunks.append({"user": user, "items": list(items[start:end])})
             end = start + 1  # the next chunk ends with this chunk's first item: it is the history, not a target
