@@ -311,6 +311,16 @@ def test_sequence_examples_train_every_target_and_evaluate_with_trainings_histor
     assert {len(ex["history"]) for ex in data.split.test} == {2}
 
 
+def test_latest_chunks_per_user_train_each_users_most_recent_items(tiny_run_files, tmp_path):
+    from gti_peft.recipe.data import finetune_dataset, sequence_ids
+
+    config, data, sids, tokenizer = _tiny_sequence_setup(tiny_run_files, tmp_path, "data.max_chunks_per_user=1")
+    dataset = finetune_dataset(config, tokenizer, sids, data)
+    tokens, size = sids.token_lists(), config.data.max_history
+    latest = [sequence_ids(config, tokenizer, tokens, items[-size:])[0] for items in data.split.train.values()]
+    assert sorted(dataset["input_ids"]) == sorted(latest)  # one chunk per user: its latest max_history items
+
+
 def test_sequence_examples_run_with_continual_grounding(tiny_run_files, tmp_path):
     out = tmp_path / "seqmix"
     overrides = ["data.examples=sequences", "finetune.grounding_mix=0.25"]
