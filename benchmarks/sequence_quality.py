@@ -110,6 +110,14 @@ ARMS = {
         "text+collaborative",
         [*sequences(1400), "finetune.lr_scheduler_type=cosine", "grounding.max_steps=0"],
     ),
+    "seq_textcollab_1400_cosine_seed1": (
+        "text+collaborative",
+        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "output.seed=1"],
+    ),
+    "mean_textcollab_1400_cosine_seed1": (
+        "text+collaborative",
+        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "grounding.max_steps=0", "output.seed=1"],
+    ),
 }
 # arm -> the arm whose trained adapter it evaluates (its own settings differ in the evaluation section only)
 SAME_TRAINING = {
@@ -126,6 +134,8 @@ POOLED = {
     "seq_textcollab_700 (seeds 0+1)": ["seq_textcollab_700", "seq_textcollab_700_seed1"],
     "mean_textcollab_700 (seeds 0+1)": ["mean_textcollab_700", "mean_textcollab_700_seed1"],
     "seq_textcollab_700, 20 beams (seeds 0+1)": ["seq_textcollab_700_beams20", "seq_textcollab_700_seed1_beams20"],
+    "seq_textcollab_1400_cosine (seeds 0+1)": ["seq_textcollab_1400_cosine", "seq_textcollab_1400_cosine_seed1"],
+    "mean_textcollab_1400_cosine (seeds 0+1)": ["mean_textcollab_1400_cosine", "mean_textcollab_1400_cosine_seed1"],
 }
 # paired comparisons over the same users: what is measured -> (arm or pooled name, minus this arm or pooled name)
 COMPARISONS = {
@@ -152,6 +162,10 @@ COMPARISONS = {
     "GTI minus the mean start, 1,400 steps each (two epochs, cosine), seed 0": (
         "seq_textcollab_1400_cosine",
         "mean_textcollab_1400_cosine",
+    ),
+    "GTI minus the mean start, 1,400 steps each (two epochs, cosine), seeds 0+1": (
+        "seq_textcollab_1400_cosine (seeds 0+1)",
+        "mean_textcollab_1400_cosine (seeds 0+1)",
     ),
     "two epochs (cosine) minus one (constant lr), GTI, seed 0": ("seq_textcollab_1400_cosine", "seq_textcollab_700"),
     "two epochs (cosine) minus one (constant lr), the mean start, seed 0": (
