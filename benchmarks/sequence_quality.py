@@ -61,6 +61,9 @@ def sequences(steps: int, history: int = 20, batch: int = 8) -> list[str]:
     ]
 
 
+# two epochs: 1,400 steps of 8 chunks (~95 CPU-min per run on one thread, within a 2-hour budget), cosine decay
+TWO_EPOCHS = [*sequences(1400), "finetune.lr_scheduler_type=cosine"]
+
 # arm -> (semantic-ID embedding, overrides). The ID arms run side by side as 1-thread processes (--arms one each).
 ARMS = {
     "seq_text_40": ("text", sequences(40)),
@@ -103,20 +106,13 @@ ARMS = {
     # item: at the demo's 40 steps, and one pass, against every chunk at 40 and 140 steps
     "latest_textcollab_40": ("text+collaborative", [*sequences(40), "data.max_chunks_per_user=1"]),
     "latest_textcollab_118": ("text+collaborative", [*sequences(118), "data.max_chunks_per_user=1"]),
-    # two epochs (1,400 steps of 8; ~95 CPU-min per run, inside the 2 hours) with the learning rate decaying
-    # to 0 (cosine), GTI and the mean start at equal steps: the budget's headline
-    "seq_textcollab_1400_cosine": ("text+collaborative", [*sequences(1400), "finetune.lr_scheduler_type=cosine"]),
-    "mean_textcollab_1400_cosine": (
-        "text+collaborative",
-        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "grounding.max_steps=0"],
-    ),
-    "seq_textcollab_1400_cosine_seed1": (
-        "text+collaborative",
-        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "output.seed=1"],
-    ),
+    # two epochs with the learning rate decaying to 0, GTI and the mean start at equal steps, 2 seeds: the headline
+    "seq_textcollab_1400_cosine": ("text+collaborative", TWO_EPOCHS),
+    "mean_textcollab_1400_cosine": ("text+collaborative", [*TWO_EPOCHS, "grounding.max_steps=0"]),
+    "seq_textcollab_1400_cosine_seed1": ("text+collaborative", [*TWO_EPOCHS, "output.seed=1"]),
     "mean_textcollab_1400_cosine_seed1": (
         "text+collaborative",
-        [*sequences(1400), "finetune.lr_scheduler_type=cosine", "grounding.max_steps=0", "output.seed=1"],
+        [*TWO_EPOCHS, "grounding.max_steps=0", "output.seed=1"],
     ),
 }
 # arm -> the arm whose trained adapter it evaluates (its own settings differ in the evaluation section only)
