@@ -106,6 +106,17 @@ ARMS = {
     # item: at the demo's 40 steps, and one pass, against every chunk at 40 and 140 steps
     "latest_textcollab_40": ("text+collaborative", [*sequences(40), "data.max_chunks_per_user=1"]),
     "latest_textcollab_118": ("text+collaborative", [*sequences(118), "data.max_chunks_per_user=1"]),
+    # the demo's budget: about 120 fine-tuning steps fit its 15 minutes on an AVX2-only CPU (benchmarks/demo.py). The
+    # learning rate decaying to 0 on a cosine, every chunk or each user's latest one, peak lr 1e-3 or 3e-3
+    "seq_textcollab_120_cosine": ("text+collaborative", [*sequences(120), "finetune.lr_scheduler_type=cosine"]),
+    "seq_textcollab_120_cosine_lr3e-3": (
+        "text+collaborative",
+        [*sequences(120), "finetune.lr_scheduler_type=cosine", "finetune.learning_rate=0.003"],
+    ),
+    "latest_textcollab_118_cosine": (
+        "text+collaborative",
+        [*sequences(118), "data.max_chunks_per_user=1", "finetune.lr_scheduler_type=cosine"],
+    ),
     # two epochs with the learning rate decaying to 0, GTI and the mean start at equal steps, 2 seeds: the headline
     "seq_textcollab_1400_cosine": ("text+collaborative", TWO_EPOCHS),
     "mean_textcollab_1400_cosine": ("text+collaborative", [*TWO_EPOCHS, "grounding.max_steps=0"]),
@@ -154,6 +165,23 @@ COMPARISONS = {
     "latest chunk per user (one pass, 118 steps) minus every chunk (140 steps), seed 0": (
         "latest_textcollab_118",
         "seq_textcollab_140",
+    ),
+    "cosine minus constant lr, every chunk, 120 steps vs 140 (seed 0)": (
+        "seq_textcollab_120_cosine",
+        "seq_textcollab_140",
+    ),
+    "120 steps (cosine) minus the demo's 40 (constant lr), seed 0": ("seq_textcollab_120_cosine", "seq_textcollab_40"),
+    "peak lr 3e-3 minus 1e-3, 120 steps (cosine), seed 0": (
+        "seq_textcollab_120_cosine_lr3e-3",
+        "seq_textcollab_120_cosine",
+    ),
+    "cosine minus constant lr, one pass of the latest chunks (118 steps), seed 0": (
+        "latest_textcollab_118_cosine",
+        "latest_textcollab_118",
+    ),
+    "latest chunks minus every chunk, both cosine, 118 vs 120 steps (seed 0)": (
+        "latest_textcollab_118_cosine",
+        "seq_textcollab_120_cosine",
     ),
     "GTI minus the mean start, 1,400 steps each (two epochs, cosine), seed 0": (
         "seq_textcollab_1400_cosine",
