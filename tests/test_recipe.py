@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_yaml
 
 from gti_peft.recipe import RecipeConfig, load_recipe_config, run_recipe
+from gti_peft.recipe.recommendation import grounding_label
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "gti_peft" / "configs").glob("*/*.yaml"))  # recipes/<model> link to these
@@ -103,6 +104,15 @@ def test_overrides_and_stage_defaults(tmp_path):
         load_recipe_config(path, ["init=mean"])
 
 
+def test_the_results_table_says_whether_the_rows_were_grounded(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"grounding:\n  max_steps: 7\noutput:\n  output_dir: {tmp_path / 'run'}\n")
+    config = load_recipe_config(path, ["output.stages=[evaluate]"])
+    assert grounding_label(config) == ", no grounding"  # a mean start: no grounded/ folder in the run
+    (tmp_path / "run" / "grounded").mkdir(parents=True)
+    assert grounding_label(config) == " + GTI (7 grounding steps)"  # grounded by an earlier call of this run
+
+
 def test_recipe_runs_end_to_end_and_resumes(tiny_run_files, tmp_path):
     out = tmp_path / "run"
     config_path = tiny_yaml(tiny_run_files, out)
@@ -111,6 +121,7 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_run_files, tmp_path):
     assert metrics["metrics"]["model"]["n_users"] == 6
     assert 0.0 <= metrics["metrics"]["model"]["recall@5"] <= 1.0
     assert "popularity" in results["table"] and "recall@5" in results["table"]
+    assert "mean init + GTI (3 grounding steps)" in results["table"]
     assert metrics["grounding"]["steps"] == 3 and metrics["finetune"]["steps"] == 3
     assert metrics["geometry"]["start"]["effective_rank"] < metrics["geometry"]["grounded"]["effective_rank"]
     # RSA against the codebooks although these IDs carry a disambiguation level (24 items on 4 x 4 codes collide)
@@ -126,6 +137,7 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_run_files, tmp_path):
     weights = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     again = run_recipe(load_recipe_config(config_path, ["output.stages=[evaluate]"]))
     assert again["metrics"]["model"] == results["metrics"]["model"]
+    assert again["table"] == results["table"]  # still labelled grounded: the loaded adapter was
     assert list(again["geometry"]) == ["loaded from adapter/"]
     assert again["geometry"]["loaded from adapter/"] == metrics["geometry"]["finetuned"]
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == weights

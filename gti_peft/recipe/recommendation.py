@@ -91,6 +91,15 @@ def check_evaluation(config: RecipeConfig, data: RecData) -> None:
         check_history_exclusion(examples, data.split.train, len(data.items), config.evaluation.top_k)
 
 
+def grounding_label(config: RecipeConfig) -> str:
+    """How the evaluated rows started: grounded when the run saved a `grounded/` folder, in this call or an earlier
+    one (an evaluate-only rerun loads the same grounded-then-fine-tuned adapter)."""
+    if not (Path(config.output.output_dir) / "grounded").exists():
+        return ", no grounding"
+    steps = config.grounding.max_steps
+    return f" + GTI ({steps} grounding steps)" if steps else " + GTI"
+
+
 def evaluate_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, data: RecData) -> dict:
     """Next-item ranking of the first `evaluation.max_users` users (all by default) against popularity."""
     args = config.evaluation
@@ -103,8 +112,7 @@ def evaluate_stage(config: RecipeConfig, model, tokenizer, sids: SemanticIDs, da
         model, tokenizer, prompts, examples, tokens, data.split.train, args, len(data.items), recommender
     )
     targets = {ex["user"]: ex["target"] for ex in examples}
-    steps = config.grounding.max_steps if "ground" in config.output.stages else 0
-    label = f"{config.adapter.init} init" + (f" + GTI ({steps} grounding steps)" if steps else ", no grounding")
+    label = f"{config.adapter.init} init" + grounding_label(config)
     return {
         "metrics": {"model": metrics["model"], "popularity": metrics["popularity"]},
         "ranking": metrics["ranking"],
