@@ -117,6 +117,9 @@ ARMS = {
         "text+collaborative",
         [*sequences(118), "data.max_chunks_per_user=1", "finetune.lr_scheduler_type=cosine"],
     ),
+    # the demo's budget spent on grounding instead: 150 grounding steps (cheaper than fine-tuning steps; titles map to
+    # codes at 5-7x chance per level by 75-150 steps, benchmarks/grounding_curves.py), then the demo's 40
+    "ground150_textcollab_40": ("text+collaborative", [*sequences(40), "grounding.max_steps=150"]),
     # two epochs with the learning rate decaying to 0, GTI and the mean start at equal steps, 2 seeds: the headline
     "seq_textcollab_1400_cosine": ("text+collaborative", TWO_EPOCHS),
     "mean_textcollab_1400_cosine": ("text+collaborative", [*TWO_EPOCHS, "grounding.max_steps=0"]),
@@ -171,6 +174,10 @@ COMPARISONS = {
         "seq_textcollab_140",
     ),
     "120 steps (cosine) minus the demo's 40 (constant lr), seed 0": ("seq_textcollab_120_cosine", "seq_textcollab_40"),
+    "150 grounding steps minus 40, both then 40 fine-tuning steps (seed 0)": (
+        "ground150_textcollab_40",
+        "seq_textcollab_40",
+    ),
     "peak lr 3e-3 minus 1e-3, 120 steps (cosine), seed 0": (
         "seq_textcollab_120_cosine_lr3e-3",
         "seq_textcollab_120_cosine",
