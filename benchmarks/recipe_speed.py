@@ -44,6 +44,7 @@ WINDOWS = [
     "data.examples=windows",
     "data.max_history=5",
     "data.max_train_examples=4000",
+    "data.max_chunks_per_user=null",
     "finetune.per_device_train_batch_size=16",
 ]
 # cumulative: each arm adds one change to the one before
@@ -69,6 +70,7 @@ SEQUENCE_OVERRIDES = [
     "data.examples=sequences",
     "data.max_history=20",
     "data.max_train_examples=null",
+    "data.max_chunks_per_user=null",  # every chunk of every user, as measured
     "finetune.per_device_train_batch_size=8",
 ]
 

@@ -40,6 +40,9 @@ COMMON = [
     "grounding.save_steps=20",
     "finetune.save_steps=50",
     "output.seed=0",
+    # the arms' own settings, whatever the YAML's defaults become: every chunk, the lr constant after warm-up
+    "data.max_chunks_per_user=null",
+    "finetune.lr_scheduler_type=constant_with_warmup",
 ]
 WINDOWS = [
     "data.examples=windows",
@@ -186,6 +189,10 @@ COMPARISONS = {
         "latest_textcollab_118_cosine",
         "latest_textcollab_118",
     ),
+    "one pass of the latest chunks (118 steps, cosine) minus the demo's 40 steps (seed 0)": (
+        "latest_textcollab_118_cosine",
+        "seq_textcollab_40",
+    ),
     "latest chunks minus every chunk, both cosine, 118 vs 120 steps (seed 0)": (
         "latest_textcollab_118_cosine",
         "seq_textcollab_120_cosine",
@@ -199,6 +206,14 @@ COMPARISONS = {
         "mean_textcollab_1400_cosine (seeds 0+1)",
     ),
     "two epochs (cosine) minus one (constant lr), GTI, seed 0": ("seq_textcollab_1400_cosine", "seq_textcollab_700"),
+    "two epochs (cosine) minus one (constant lr), GTI, seeds 0+1": (
+        "seq_textcollab_1400_cosine (seeds 0+1)",
+        "seq_textcollab_700 (seeds 0+1)",
+    ),
+    "two epochs (cosine) minus one (constant lr), the mean start, seeds 0+1": (
+        "mean_textcollab_1400_cosine (seeds 0+1)",
+        "mean_textcollab_700 (seeds 0+1)",
+    ),
     "two epochs (cosine) minus one (constant lr), the mean start, seed 0": (
         "mean_textcollab_1400_cosine",
         "mean_textcollab_700",
