@@ -381,9 +381,11 @@ def test_a_recipe_yaml_of_the_previous_release_resumes_with_the_same_settings_on
     from gti_peft.recipe.outputs import changed_sections
 
     # written by the release before the stage sections became GroundingConfig / FinetuneConfig (full sections,
-    # `bf16: auto`, adapter.description_items_per_token): make demo's YAML with these overrides
+    # `bf16: auto`, adapter.description_items_per_token): make demo's YAML with these overrides (the demo has since
+    # moved to each user's latest chunk and a cosine lr)
     previous = yaml.safe_load((ROOT / "tests" / "data" / "recipe-0.1-movielens.yaml").read_text())
     same = ["finetune.max_steps=3", "finetune.logging_steps=1", "finetune.bf16=false", "output.stages=[finetune]"]
+    same += ["finetune.lr_scheduler_type=constant_with_warmup", "data.max_chunks_per_user=null"]
     config = load_recipe_config(ROOT / "recipes" / "smollm2-135m" / "movielens.yaml", same)
     assert changed_sections(previous, config, "recommendation") == []
     changed = load_recipe_config(ROOT / "recipes" / "smollm2-135m" / "movielens.yaml", [*same, "adapter.r=4"])
