@@ -14,6 +14,8 @@ from ..sharing.hub import push_to_hub, update_card
 from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 
+GROUNDED_FOLDER = "grounded"  # where a run saves its adapter after grounding (the pipeline's ground stage)
+
 
 def prepare_output_dir(config, state: PartialState, task: str = "recommendation") -> Path:
     """Refuse a folder holding something else (or another run's settings) unless `overwrite`; write `recipe.yaml`,

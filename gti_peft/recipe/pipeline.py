@@ -16,7 +16,7 @@ from ..sharing.hub import save_for_hub
 from ..training import diagnostics
 from .config import RecipeConfig, recipe_to_dict
 from .memory_check import check_recipe_memory
-from .outputs import prepare_output_dir
+from .outputs import GROUNDED_FOLDER, prepare_output_dir
 from .recommendation import RecommendationTask
 from .stages import finetune_stage, ground_stage
 from .task import Task
@@ -32,7 +32,7 @@ class TrainingStage:
 
 
 TRAINING_STAGES = (
-    TrainingStage("ground", "grounding", "grounded", "grounded", ground_stage),
+    TrainingStage("ground", "grounding", GROUNDED_FOLDER, "grounded", ground_stage),
     TrainingStage("finetune", "finetune", "adapter", "finetuned", finetune_stage),
 )
 

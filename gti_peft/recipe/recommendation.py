@@ -20,7 +20,7 @@ from .data import (
 )
 from .evaluation import check_history_exclusion, evaluate_next_item, prompt_settings, write_recommender_files
 from .model import build_model
-from .outputs import write_results
+from .outputs import GROUNDED_FOLDER, write_results
 from .task import Task
 
 
@@ -94,7 +94,7 @@ def check_evaluation(config: RecipeConfig, data: RecData) -> None:
 def grounding_label(config: RecipeConfig) -> str:
     """How the evaluated rows started: grounded when the run saved a `grounded/` folder, in this call or an earlier
     one (an evaluate-only rerun loads the same grounded-then-fine-tuned adapter)."""
-    if not (Path(config.output.output_dir) / "grounded").exists():
+    if not (Path(config.output.output_dir) / GROUNDED_FOLDER).exists():
         return ", no grounding"
     steps = config.grounding.max_steps
     return f" + GTI ({steps} grounding steps)" if steps else " + GTI"
